@@ -1,0 +1,304 @@
+"""Assembly of a search: Optuna proposes configs, ASHA stops weak trials, Tune runs them, MLflow records.
+
+``prepare_search`` does every check that can fail (spec, data, metric sample count, storage,
+tracking store) before Ray starts; ``run_search`` then starts Ray and runs the Tuner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gansearch.data import check_source, default_cache_dir, load_split
+from gansearch.spec import Choice, LogUniform, RandInt, SearchSpec, Uniform
+from gansearch.trainable import SETTINGS_KEY, TrialSettings, train_gan
+from gansearch.tracking import default_tracking_uri
+
+logger = logging.getLogger(__name__)
+
+SPEC_COPY = "spec.yaml"
+SEARCH_RECORD = "gansearch.json"  # the resolved search, written before training starts
+TRIAL_METRICS = ("fid_proxy", "kid_proxy", "d_loss", "g_loss", "d_real", "d_fake", "epoch")
+
+
+class SearchError(RuntimeError):
+    """A search that cannot start or continue: bad storage, an existing or foreign experiment folder."""
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage and not storage.startswith("file://")
+
+
+@dataclass
+class PreparedSearch:
+    """A validated search, ready to hand to Ray."""
+
+    spec: SearchSpec
+    spec_text: str
+    data: str
+    storage: str  # absolute local folder or URI
+    name: str
+    tracking_uri: str
+    experiment_name: str
+    cache_dir: str | None
+    address: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def local_storage(self) -> Path | None:
+        return None if is_uri(self.storage) else Path(self.storage)
+
+    @property
+    def experiment_dir(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def trial_settings(self) -> TrialSettings:
+        spec = self.spec
+        return TrialSettings(
+            data=self.data,
+            max_epochs=spec.scheduler.max_epochs,
+            subset=spec.data.subset,
+            n_samples=spec.metrics.n_samples,
+            metric_split=spec.metrics.split,
+            feature_weights=spec.metrics.feature_weights,
+            cache_dir=self.cache_dir,
+            image_every=spec.tracking.image_every,
+            saturation_epochs=spec.divergence.saturation_epochs,
+            d_real_min=spec.divergence.d_real_min,
+            d_fake_max=spec.divergence.d_fake_max,
+        )
+
+    def record(self) -> dict:
+        return {
+            "name": self.name,
+            "data": self.data,
+            "storage": self.storage,
+            "tracking_uri": self.tracking_uri,
+            "experiment_name": self.experiment_name,
+            "spec": self.spec.model_dump(mode="json"),
+        }
+
+
+def resolve_data(source: str) -> str:
+    """Return ``cifar10`` or the absolute path of a data folder or archive (trials run elsewhere)."""
+    check_source(source)
+    return source if source == "cifar10" else str(Path(source).expanduser().resolve())
+
+
+def prepare_search(
+    spec: SearchSpec,
+    spec_text: str,
+    data: str | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    address: str | None = None,
+    check_reference: bool = True,
+) -> PreparedSearch:
+    """Validate everything a search needs and warm the caches its trials read, before Ray starts."""
+    from gansearch.metrics.proxy import FIDProxy
+
+    data = resolve_data(data or spec.data.source)
+    storage = storage or spec.storage
+    if not is_uri(storage):
+        storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
+    name = name or spec.name
+    experiment_name = spec.tracking.experiment or name
+
+    tracking_uri = spec.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking_uri is None:
+        if is_uri(storage):
+            raise SearchError(
+                f"storage {storage!r} is remote, so the default SQLite tracking store has no local folder; "
+                "set tracking.mlflow_uri in the spec or MLFLOW_TRACKING_URI to an MLflow server"
+            )
+        tracking_uri = default_tracking_uri(Path(storage))
+
+    # Decode the data and compute the real statistics once here: this surfaces unreadable images and
+    # a too-large n_samples now, and the trials then read both from the cache.
+    cache_dir = str(default_cache_dir()) if address is None else None
+    load_split(data, "train", subset=spec.data.subset, cache_dir=cache_dir)
+    if check_reference:
+        FIDProxy(
+            data,
+            split=spec.metrics.split,
+            n_samples=spec.metrics.n_samples,
+            feature_weights=spec.metrics.feature_weights,
+            cache_dir=cache_dir,
+        )
+
+    return PreparedSearch(
+        spec=spec, spec_text=spec_text, data=data, storage=storage, name=name,
+        tracking_uri=tracking_uri, experiment_name=experiment_name, cache_dir=cache_dir, address=address,
+    )
+
+
+def tune_domain(domain):
+    from ray import tune
+
+    if isinstance(domain, LogUniform):
+        return tune.loguniform(domain.low, domain.high)
+    if isinstance(domain, Uniform):
+        return tune.uniform(domain.low, domain.high)
+    if isinstance(domain, RandInt):
+        return tune.randint(domain.low, domain.high + 1)  # Tune's upper bound is exclusive
+    if isinstance(domain, Choice):
+        return tune.choice(domain.values)
+    raise TypeError(f"unsupported search domain {domain!r}")
+
+
+def param_space(prepared: PreparedSearch) -> dict[str, Any]:
+    space: dict[str, Any] = dict(prepared.spec.fixed_settings())
+    for key, domain in prepared.spec.search_space.items():
+        space[key] = tune_domain(domain)
+    space[SETTINGS_KEY] = prepared.trial_settings().to_dict()
+    return space
+
+
+def build_searcher(spec: SearchSpec):
+    """Return Optuna (TPE, or its random sampler for random search), limited to max_concurrent."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    from gansearch.schedulers import DivergenceAwareOptunaSearch
+
+    if spec.searcher.type == "optuna":
+        sampler = optuna.samplers.TPESampler(seed=spec.searcher.seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.searcher.seed)
+    points = [spec.default_point()] if spec.searcher.start_from_defaults and spec.search_space else None
+
+    searcher = DivergenceAwareOptunaSearch(sampler=sampler, points_to_evaluate=points)
+    if spec.trials.max_concurrent is not None:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.trials.max_concurrent)
+    return searcher
+
+
+def build_scheduler(spec: SearchSpec):
+    from gansearch.schedulers import DivergenceAwareASHA, DivergenceAwareFIFO
+
+    if spec.scheduler.type == "fifo":
+        return DivergenceAwareFIFO()
+    return DivergenceAwareASHA(
+        time_attr="epoch",
+        max_t=spec.scheduler.max_epochs,
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+
+
+def build_tuner(prepared: PreparedSearch, callbacks: list):
+    from ray import tune
+
+    spec = prepared.spec
+    trainable = tune.with_resources(train_gan, {"cpu": spec.trials.cpus, "gpu": spec.trials.gpus})
+    # Metric and mode are set here only; the searcher and scheduler inherit them from TuneConfig.
+    tune_config = tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        search_alg=build_searcher(spec),
+        scheduler=build_scheduler(spec),
+        num_samples=spec.trials.num_samples,
+    )
+    run_config = tune.RunConfig(
+        name=prepared.name,
+        storage_path=prepared.storage,
+        callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=spec.checkpoints.keep_best,
+            checkpoint_score_attribute=spec.metric,
+            checkpoint_score_order=spec.mode,
+        ),
+        failure_config=tune.FailureConfig(max_failures=spec.trials.max_failures),
+        progress_reporter=progress_reporter(spec),
+    )
+    return tune.Tuner(trainable, param_space=param_space(prepared), tune_config=tune_config, run_config=run_config)
+
+
+def progress_reporter(spec: SearchSpec):
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        metric_columns={"epoch": "epoch", "fid_proxy": "fid_proxy", "d_real": "D(x)", "d_fake": "D(G(z))"},
+        parameter_columns=list(spec.search_space),
+        max_report_frequency=30,
+        sort_by_metric=True,
+        metric=spec.metric,
+        mode=spec.mode,
+    )
+
+
+def write_search_record(prepared: PreparedSearch) -> None:
+    """Save the spec and the resolved search beside the results, so any search can be rerun or resumed."""
+    directory = prepared.local_storage
+    if directory is None:
+        return
+    experiment_dir = directory / prepared.name
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    (experiment_dir / SPEC_COPY).write_text(prepared.spec_text)
+    (experiment_dir / SEARCH_RECORD).write_text(json.dumps(prepared.record(), indent=2))
+
+
+def check_new_experiment(prepared: PreparedSearch) -> None:
+    directory = prepared.local_storage
+    if directory is None:
+        return
+    experiment_dir = directory / prepared.name
+    if experiment_dir.exists() and any(experiment_dir.glob("experiment_state-*.json")):
+        raise SearchError(
+            f"experiment folder {str(experiment_dir)!r} already holds a search; continue it with "
+            f"'gansearch run --resume {experiment_dir}' or choose another --name"
+        )
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # The environment variables make trial workers log like the driver and keep Tune's own
+    # per-trial output quiet enough to read.
+    ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
+
+
+def run_search(prepared: PreparedSearch, resume: bool = False):
+    """Run (or continue) the search and return Tune's ResultGrid."""
+    from gansearch.tracking import MLflowTracker
+
+    if not resume:
+        check_new_experiment(prepared)
+    write_search_record(prepared)
+    spec_file = prepared.local_storage / prepared.name / SPEC_COPY if prepared.local_storage else None
+    tracker = MLflowTracker(
+        tracking_uri=prepared.tracking_uri,
+        experiment_name=prepared.experiment_name,
+        search_id=prepared.name,
+        spec_file=spec_file,
+        max_epochs=prepared.spec.scheduler.max_epochs,
+        image_every=prepared.spec.tracking.image_every,
+        artifact_root=prepared.local_storage / "mlartifacts" if prepared.local_storage else None,
+    )
+
+    init_ray(prepared.address)
+    if resume:
+        tuner = restore_tuner(prepared, [tracker])
+    else:
+        tuner = build_tuner(prepared, [tracker])
+    results = tuner.fit()
+
+    from gansearch.trials import trial_table
+
+    table = trial_table(prepared.experiment_dir)
+    tracker.finish_search("FINISHED", table.to_csv(index=False))
+    return results, tracker
+
+
+def restore_tuner(prepared: PreparedSearch, callbacks: list):
+    from ray import tune
+
+    spec = prepared.spec
+    trainable = tune.with_resources(train_gan, {"cpu": spec.trials.cpus, "gpu": spec.trials.gpus})
+    return tune.Tuner.restore(prepared.experiment_dir, trainable=trainable, resume_errored=True)

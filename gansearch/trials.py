@@ -1,0 +1,119 @@
+"""The trial table of a finished or running search, read from its experiment folder.
+
+Each Tune trial folder holds ``params.json`` (the trial config), ``result.json`` (one JSON line per
+reported epoch) and, for a trial that raised, ``error.txt``. The table needs neither Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from gansearch.search import SEARCH_RECORD
+from gansearch.trainable import SETTINGS_KEY
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("trial_id", "status", "epochs", "best_fid_proxy", "best_epoch", "last_fid_proxy", "end_reason")
+
+
+class ExperimentNotFound(FileNotFoundError):
+    """A path that is not a gansearch experiment folder."""
+
+
+def resolve_experiment(experiment: str | Path, storage: str | Path = "./results") -> Path:
+    """Return the experiment folder for a path, or for a name under ``storage``."""
+    for candidate in (Path(experiment), Path(storage) / str(experiment)):
+        if (candidate / SEARCH_RECORD).is_file():
+            return candidate.resolve()
+    raise ExperimentNotFound(
+        f"no gansearch experiment at {str(experiment)!r} (nor under {str(storage)!r}): "
+        f"expected a folder with {SEARCH_RECORD}, as 'gansearch run' writes into STORAGE/NAME"
+    )
+
+
+def read_search_record(experiment_dir: Path) -> dict:
+    path = Path(experiment_dir) / SEARCH_RECORD
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ExperimentNotFound(f"search record {str(path)!r} is unreadable: {error}") from error
+
+
+def read_results(trial_dir: Path) -> list[dict]:
+    """Return the trial's reported results, skipping a final line cut short by a crash."""
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    results = []
+    for line in path.read_text().splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("skipping an incomplete line in %s", path)
+    return results
+
+
+def trial_row(trial_dir: Path, max_epochs: int) -> dict | None:
+    params_file = trial_dir / "params.json"
+    if not params_file.is_file():
+        return None
+    config = json.loads(params_file.read_text())
+    config.pop(SETTINGS_KEY, None)
+    results = read_results(trial_dir)
+    scored = [r for r in results if not r.get("diverged") and math.isfinite(r.get("fid_proxy", math.inf))]
+    best = min(scored, key=lambda r: r["fid_proxy"], default=None)
+    last = results[-1] if results else {}
+
+    status, reason = trial_status(trial_dir, last, max_epochs)
+    row = {
+        "trial_id": last.get("trial_id") or trial_dir.name,
+        "status": status,
+        "epochs": int(last.get("epoch", 0)),
+        "best_fid_proxy": best["fid_proxy"] if best else math.nan,
+        "best_epoch": int(best["epoch"]) if best else None,
+        "last_fid_proxy": last.get("fid_proxy", math.nan),
+        "end_reason": reason,
+        "trial_dir": str(trial_dir),
+    }
+    row.update(config)
+    return row
+
+
+def trial_status(trial_dir: Path, last: dict, max_epochs: int) -> tuple[str, str]:
+    from gansearch.tracking import trial_ending
+
+    error_file = trial_dir / "error.txt"
+    if error_file.is_file() and not (last.get("epoch", 0) >= max_epochs):
+        lines = error_file.read_text().strip().splitlines()
+        return "errored", lines[-1] if lines else ""
+    return trial_ending(last, max_epochs, errored=False)
+
+
+def trial_table(experiment_dir: str | Path) -> pd.DataFrame:
+    """Return one row per trial, best ``fid_proxy`` first; diverged and errored trials last."""
+    experiment_dir = Path(experiment_dir)
+    record = read_search_record(experiment_dir)
+    max_epochs = int(record["spec"]["scheduler"]["max_epochs"])
+
+    rows = [
+        row
+        for trial_dir in sorted(path for path in experiment_dir.iterdir() if path.is_dir())
+        if (row := trial_row(trial_dir, max_epochs)) is not None
+    ]
+    if not rows:
+        return pd.DataFrame(columns=list(COLUMNS))
+
+    table = pd.DataFrame(rows)
+    searched = list(record["spec"].get("search_space", {}))
+    ordered = list(COLUMNS) + [c for c in searched if c in table] + [
+        c for c in table.columns if c not in COLUMNS and c not in searched and c != "trial_dir"
+    ] + ["trial_dir"]
+    table = table[ordered]
+    failed = table["status"].isin(["diverged", "errored"])
+    table = table.assign(_failed=failed).sort_values(["_failed", "best_fid_proxy"], na_position="last")
+    return table.drop(columns="_failed").reset_index(drop=True)
