@@ -63,8 +63,8 @@ def command_run(args: argparse.Namespace) -> int:
         address=args.address or os.environ.get("RAY_ADDRESS"),
     )
     logger.info("search %s: results in %s, MLflow at %s", prepared.name, prepared.experiment_dir, prepared.tracking_uri)
-    results, tracker = run_search(prepared)
-    return _finish_run(prepared, tracker, results, runs_view_url)
+    results, store = run_search(prepared)
+    return _finish_run(prepared, store, results, runs_view_url)
 
 
 def _resume_search(args: argparse.Namespace) -> int:
@@ -73,17 +73,17 @@ def _resume_search(args: argparse.Namespace) -> int:
     from gansearch.tracking import runs_view_url
 
     prepared = prepare_resumed_search(args.resume, storage=args.storage, address=args.address)
-    results, tracker = run_search(prepared, resume=True)
-    return _finish_run(prepared, tracker, results, runs_view_url)
+    results, store = run_search(prepared, resume=True)
+    return _finish_run(prepared, store, results, runs_view_url)
 
 
-def _finish_run(prepared, tracker, results, runs_view_url) -> int:
-    from gansearch.trials import trial_table
+def _finish_run(prepared, store, results, runs_view_url) -> int:
+    from gansearch.trials import COLUMNS, trial_table
 
     table = trial_table(prepared.experiment_dir)
-    _print_table(table.head(20))
+    _print_table(table.head(20), list(COLUMNS) + list(prepared.spec.search_space))
     scored = table["best_fid_proxy"].notna().sum() if len(table) else 0
-    experiment_id = tracker.store.experiment_id if tracker.store else "?"
+    experiment_id = store.experiment_id
 
     print(f"\nResults: {prepared.experiment_dir}")
     if prepared.tracking_uri.startswith("sqlite:"):
@@ -103,12 +103,12 @@ def _finish_run(prepared, tracker, results, runs_view_url) -> int:
 # ----------------------------------------------------------------------------- trials
 
 
-def _print_table(table) -> None:
+def _print_table(table, columns: list[str] | None = None) -> None:
     if table.empty:
         console.print("no trials yet")
         return
     view = Table(show_lines=False)
-    shown = [column for column in table.columns if column not in {"trial_dir", "end_reason"}]
+    shown = [column for column in (columns or table.columns) if column not in {"trial_dir", "end_reason"}]
     for column in shown:
         view.add_column(column, justify="right" if table[column].dtype.kind in "if" else "left")
     for _, row in table.iterrows():
@@ -260,15 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     if args.command == "run" and not args.spec and not args.resume:
-        console.print("error: gansearch run needs a SPEC file, or --resume EXPERIMENT")
+        print("error: gansearch run needs a SPEC file, or --resume EXPERIMENT", file=sys.stderr)
         return 2
     try:
         return args.handler(args)
     except user_errors() as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        # Plain print, not rich: messages hold paths that must not be wrapped or restyled.
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        console.print("interrupted; continue later with 'gansearch run --resume EXPERIMENT'")
+        print("interrupted; continue later with 'gansearch run --resume EXPERIMENT'", file=sys.stderr)
         return 130
 
 

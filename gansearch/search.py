@@ -79,6 +79,7 @@ class PreparedSearch:
             "storage": self.storage,
             "tracking_uri": self.tracking_uri,
             "experiment_name": self.experiment_name,
+            "cache_dir": self.cache_dir,
             "spec": self.spec.model_dump(mode="json"),
         }
 
@@ -202,6 +203,7 @@ def build_tuner(prepared: PreparedSearch, callbacks: list):
         search_alg=build_searcher(spec),
         scheduler=build_scheduler(spec),
         num_samples=spec.trials.num_samples,
+        trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
         name=prepared.name,
@@ -213,22 +215,14 @@ def build_tuner(prepared: PreparedSearch, callbacks: list):
             checkpoint_score_order=spec.mode,
         ),
         failure_config=tune.FailureConfig(max_failures=spec.trials.max_failures),
-        progress_reporter=progress_reporter(spec),
+        verbose=1,  # Tune's status table only; per-trial configs and results are in MLflow
     )
     return tune.Tuner(trainable, param_space=param_space(prepared), tune_config=tune_config, run_config=run_config)
 
 
-def progress_reporter(spec: SearchSpec):
-    from ray.tune import CLIReporter
-
-    return CLIReporter(
-        metric_columns={"epoch": "epoch", "fid_proxy": "fid_proxy", "d_real": "D(x)", "d_fake": "D(G(z))"},
-        parameter_columns=list(spec.search_space),
-        max_report_frequency=30,
-        sort_by_metric=True,
-        metric=spec.metric,
-        mode=spec.mode,
-    )
+def trial_dirname(trial) -> str:
+    """Name trial folders by trial id alone: Tune's default packs the whole config into the name."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
 
 
 def write_search_record(prepared: PreparedSearch) -> None:
@@ -266,7 +260,7 @@ def init_ray(address: str | None) -> None:
 
 def run_search(prepared: PreparedSearch, resume: bool = False):
     """Run (or continue) the search and return Tune's ResultGrid."""
-    from gansearch.tracking import MLflowTracker
+    from gansearch.tracking import MLflowStore, MLflowTracker, finish_search
 
     if not resume:
         check_new_experiment(prepared)
@@ -283,20 +277,19 @@ def run_search(prepared: PreparedSearch, resume: bool = False):
     )
 
     init_ray(prepared.address)
-    if resume:
-        tuner = restore_tuner(prepared, [tracker])
-    else:
-        tuner = build_tuner(prepared, [tracker])
+    # A restored Tuner brings back the callbacks pickled with it, this tracker among them.
+    tuner = restore_tuner(prepared) if resume else build_tuner(prepared, [tracker])
     results = tuner.fit()
 
     from gansearch.trials import trial_table
 
+    store = MLflowStore(prepared.tracking_uri, prepared.experiment_name)
     table = trial_table(prepared.experiment_dir)
-    tracker.finish_search("FINISHED", table.to_csv(index=False))
-    return results, tracker
+    finish_search(store, prepared.name, table.to_csv(index=False), status="FAILED" if results.errors and len(results.errors) == len(table) else "FINISHED")
+    return results, store
 
 
-def restore_tuner(prepared: PreparedSearch, callbacks: list):
+def restore_tuner(prepared: PreparedSearch):
     from ray import tune
 
     spec = prepared.spec

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from ray.tune import Callback
 
 from gansearch.checkpoint import GENERATOR_FILE, SAMPLES_FILE
 from gansearch.trainable import SETTINGS_KEY
@@ -112,159 +113,148 @@ def trial_params(config: dict) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key != SETTINGS_KEY}
 
 
-class MLflowTracker:
-    """Builds the Tune callback lazily so importing this module does not import Ray."""
+class MLflowTracker(Callback):
+    """Records a search in MLflow from the Tune driver."""
 
-    def __new__(cls, *args, **kwargs):
-        return _make_callback_class()(*args, **kwargs)
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        search_id: str,
+        spec_file: Path | None,
+        max_epochs: int,
+        image_every: int = 1,
+        artifact_root: Path | None = None,
+        parent_tags: dict[str, str] | None = None,
+        trial_role: str = "trial",
+        trial_tags: dict[str, str] | None = None,
+    ):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.search_id = search_id
+        self.spec_file = spec_file
+        self.max_epochs = max_epochs
+        self.image_every = image_every
+        self.artifact_root = artifact_root
+        self.parent_tags = parent_tags or {}
+        self.trial_role = trial_role
+        self.trial_tags = trial_tags or {}
+        self.store: MLflowStore | None = None
+        self.parent_run_id: str | None = None
+        self.run_ids: dict[str, str] = {}
+        self.best: dict[str, float] = {}
+
+    # Tune calls setup once in the driver before any trial starts.
+    def setup(self, **info) -> None:
+        self.store = MLflowStore(self.tracking_uri, self.experiment_name, self.artifact_root)
+        self.parent_run_id = self.store.find_run(**{TAG_SEARCH_ID: self.search_id, TAG_ROLE: "search"})
+        if self.parent_run_id is None:
+            tags = {TAG_SEARCH_ID: self.search_id, TAG_ROLE: "search", **self.parent_tags}
+            self.parent_run_id = self.store.start_run(self.search_id, tags)
+            if self.spec_file is not None and Path(self.spec_file).is_file():
+                self.store.client.log_artifact(self.parent_run_id, str(self.spec_file), "spec")
+        else:
+            self.store.reopen(self.parent_run_id)
+            logger.info("continuing MLflow parent run %s", self.parent_run_id)
+
+    def _trial_run(self, trial) -> str:
+        if trial.trial_id in self.run_ids:
+            return self.run_ids[trial.trial_id]
+
+        tags = {TAG_SEARCH_ID: self.search_id, TAG_TRIAL_ID: trial.trial_id}
+        run_id = self.store.find_run(**tags)
+        if run_id is None:
+            run_id = self.store.start_run(
+                str(trial),
+                {**tags, TAG_ROLE: self.trial_role, PARENT_TAG: self.parent_run_id, **self.trial_tags},
+            )
+            self.store.log_params(run_id, trial_params(trial.config))
+        else:
+            self.store.reopen(run_id)
+            best = self.store.client.get_run(run_id).data.metrics.get("best_fid_proxy")
+            if best is not None:
+                self.best[trial.trial_id] = best
+        self.run_ids[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._trial_run(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info) -> None:
+        self._trial_run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self._trial_run(trial)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = {key: result[key] for key in LOGGED_METRICS if key in result}
+        self.store.log_metrics(run_id, metrics, step)
+        if result.get("diverged"):
+            self.store.client.set_tag(run_id, TAG_END_REASON, str(result.get("end_reason", "")))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        run_id = self._trial_run(trial)
+        result = trial.last_result or {}
+        epoch = int(result.get("epoch", 0))
+        fid = result.get("fid_proxy", math.inf)
+        if epoch and (epoch % self.image_every == 0 or epoch == 1 or epoch == self.max_epochs):
+            self._log_samples(run_id, checkpoint, epoch)
+        if fid < self.best.get(trial.trial_id, math.inf):
+            self.best[trial.trial_id] = fid
+            self.store.client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint.path)
+            self.store.log_metrics(run_id, {"best_fid_proxy": fid, "best_epoch": epoch}, epoch)
+
+    def _log_samples(self, run_id: str, checkpoint, epoch: int) -> None:
+        payload = _read_checkpoint_file(checkpoint, SAMPLES_FILE)
+        if payload is None:
+            return
+        with Image.open(io.BytesIO(payload)) as image:
+            self.store.client.log_image(run_id, image.convert("RGB"), key="samples", step=epoch)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, errored=True)
+
+    def _finish(self, trial, errored: bool) -> None:
+        run_id = self._trial_run(trial)
+        result = trial.last_result or {}
+        end, reason = trial_ending(result, self.max_epochs, errored, _error_text(trial))
+        self.store.client.set_tag(run_id, TAG_END, end)
+        if reason:
+            self.store.client.set_tag(run_id, TAG_END_REASON, reason[:5000])
+        if not errored:
+            self._log_best_generator(run_id)
+        self.store.client.set_terminated(run_id, status="FAILED" if end in {"errored", "diverged"} else "FINISHED")
+
+    def _log_best_generator(self, run_id: str) -> None:
+        best_path = self.store.client.get_run(run_id).data.tags.get(TAG_BEST_CHECKPOINT)
+        if not best_path:
+            return
+        from ray.tune import Checkpoint
+
+        payload = _read_checkpoint_file(Checkpoint(best_path), GENERATOR_FILE)
+        if payload is None:
+            logger.warning("best checkpoint %s has no %s to log", best_path, GENERATOR_FILE)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            target = Path(directory) / GENERATOR_FILE
+            target.write_bytes(payload)
+            self.store.client.log_artifact(run_id, str(target), "best_checkpoint")
 
 
-def _make_callback_class():
-    from ray.tune import Callback
-
-    class _MLflowTracker(Callback):
-        """Records a search in MLflow from the Tune driver."""
-
-        def __init__(
-            self,
-            tracking_uri: str,
-            experiment_name: str,
-            search_id: str,
-            spec_file: Path | None,
-            max_epochs: int,
-            image_every: int = 1,
-            artifact_root: Path | None = None,
-            parent_tags: dict[str, str] | None = None,
-            trial_role: str = "trial",
-            trial_tags: dict[str, str] | None = None,
-        ):
-            self.tracking_uri = tracking_uri
-            self.experiment_name = experiment_name
-            self.search_id = search_id
-            self.spec_file = spec_file
-            self.max_epochs = max_epochs
-            self.image_every = image_every
-            self.artifact_root = artifact_root
-            self.parent_tags = parent_tags or {}
-            self.trial_role = trial_role
-            self.trial_tags = trial_tags or {}
-            self.store: MLflowStore | None = None
-            self.parent_run_id: str | None = None
-            self.run_ids: dict[str, str] = {}
-            self.best: dict[str, float] = {}
-
-        # Tune calls setup once in the driver before any trial starts.
-        def setup(self, **info) -> None:
-            self.store = MLflowStore(self.tracking_uri, self.experiment_name, self.artifact_root)
-            self.parent_run_id = self.store.find_run(**{TAG_SEARCH_ID: self.search_id, TAG_ROLE: "search"})
-            if self.parent_run_id is None:
-                tags = {TAG_SEARCH_ID: self.search_id, TAG_ROLE: "search", **self.parent_tags}
-                self.parent_run_id = self.store.start_run(self.search_id, tags)
-                if self.spec_file is not None and Path(self.spec_file).is_file():
-                    self.store.client.log_artifact(self.parent_run_id, str(self.spec_file), "spec")
-            else:
-                self.store.reopen(self.parent_run_id)
-                logger.info("continuing MLflow parent run %s", self.parent_run_id)
-
-        def _trial_run(self, trial) -> str:
-            if trial.trial_id in self.run_ids:
-                return self.run_ids[trial.trial_id]
-
-            tags = {TAG_SEARCH_ID: self.search_id, TAG_TRIAL_ID: trial.trial_id}
-            run_id = self.store.find_run(**tags)
-            if run_id is None:
-                run_id = self.store.start_run(
-                    str(trial),
-                    {**tags, TAG_ROLE: self.trial_role, PARENT_TAG: self.parent_run_id, **self.trial_tags},
-                )
-                self.store.log_params(run_id, trial_params(trial.config))
-            else:
-                self.store.reopen(run_id)
-                best = self.store.client.get_run(run_id).data.metrics.get("best_fid_proxy")
-                if best is not None:
-                    self.best[trial.trial_id] = best
-            self.run_ids[trial.trial_id] = run_id
-            return run_id
-
-        def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self._trial_run(trial)
-
-        def on_trial_restore(self, iteration, trials, trial, **info) -> None:
-            self._trial_run(trial)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            run_id = self._trial_run(trial)
-            step = int(result.get("epoch", result.get("training_iteration", 0)))
-            metrics = {key: result[key] for key in LOGGED_METRICS if key in result}
-            self.store.log_metrics(run_id, metrics, step)
-            if result.get("diverged"):
-                self.store.client.set_tag(run_id, TAG_END_REASON, str(result.get("end_reason", "")))
-
-        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-            run_id = self._trial_run(trial)
-            result = trial.last_result or {}
-            epoch = int(result.get("epoch", 0))
-            fid = result.get("fid_proxy", math.inf)
-            if epoch and (epoch % self.image_every == 0 or epoch == 1 or epoch == self.max_epochs):
-                self._log_samples(run_id, checkpoint, epoch)
-            if fid < self.best.get(trial.trial_id, math.inf):
-                self.best[trial.trial_id] = fid
-                self.store.client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint.path)
-                self.store.log_metrics(run_id, {"best_fid_proxy": fid, "best_epoch": epoch}, epoch)
-
-        def _log_samples(self, run_id: str, checkpoint, epoch: int) -> None:
-            payload = _read_checkpoint_file(checkpoint, SAMPLES_FILE)
-            if payload is None:
-                return
-            with Image.open(io.BytesIO(payload)) as image:
-                self.store.client.log_image(run_id, image.convert("RGB"), key="samples", step=epoch)
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self._finish(trial, errored=False)
-
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._finish(trial, errored=True)
-
-        def _finish(self, trial, errored: bool) -> None:
-            run_id = self._trial_run(trial)
-            result = trial.last_result or {}
-            end, reason = trial_ending(result, self.max_epochs, errored, _error_text(trial))
-            self.store.client.set_tag(run_id, TAG_END, end)
-            if reason:
-                self.store.client.set_tag(run_id, TAG_END_REASON, reason[:5000])
-            if not errored:
-                self._log_best_generator(run_id)
-            self.store.client.set_terminated(run_id, status="FAILED" if end in {"errored", "diverged"} else "FINISHED")
-
-        def _log_best_generator(self, run_id: str) -> None:
-            best_path = self.store.client.get_run(run_id).data.tags.get(TAG_BEST_CHECKPOINT)
-            if not best_path:
-                return
-            from ray.tune import Checkpoint
-
-            payload = _read_checkpoint_file(Checkpoint(best_path), GENERATOR_FILE)
-            if payload is None:
-                logger.warning("best checkpoint %s has no %s to log", best_path, GENERATOR_FILE)
-                return
-            with tempfile.TemporaryDirectory() as directory:
-                target = Path(directory) / GENERATOR_FILE
-                target.write_bytes(payload)
-                self.store.client.log_artifact(run_id, str(target), "best_checkpoint")
-
-        def on_experiment_end(self, trials, **info) -> None:
-            self.finish_search(status="FINISHED")
-
-        def finish_search(self, status: str, table_csv: str | None = None) -> None:
-            if self.store is None or self.parent_run_id is None:
-                return
-            if table_csv is not None:
-                with tempfile.TemporaryDirectory() as directory:
-                    target = Path(directory) / "trials.csv"
-                    target.write_text(table_csv)
-                    self.store.client.log_artifact(self.parent_run_id, str(target))
-            self.store.client.set_terminated(self.parent_run_id, status=status)
-
-    return _MLflowTracker
+def finish_search(store: MLflowStore, search_id: str, table_csv: str, status: str = "FINISHED") -> str | None:
+    """Attach the final trial table to the search's parent run and close it; return the run id."""
+    parent_run_id = store.find_run(**{TAG_SEARCH_ID: search_id, TAG_ROLE: "search"})
+    if parent_run_id is None:
+        logger.warning("no MLflow parent run found for search %s", search_id)
+        return None
+    with tempfile.TemporaryDirectory() as directory:
+        target = Path(directory) / "trials.csv"
+        target.write_text(table_csv)
+        store.client.log_artifact(parent_run_id, str(target))
+    store.client.set_terminated(parent_run_id, status=status)
+    return parent_run_id
 
 
 def trial_ending(result: dict, max_epochs: int, errored: bool, error_text: str = "") -> tuple[str, str]:

@@ -47,6 +47,7 @@ class TrialSettings:
     saturation_epochs: int = 3
     d_real_min: float = 0.99
     d_fake_max: float = 0.01
+    init_checkpoint: str | None = None  # checkpoint folder to start from when Tune has none (gansearch resume)
 
     @classmethod
     def from_config(cls, config: dict) -> "TrialSettings":
@@ -103,6 +104,8 @@ def train_gan(config: dict) -> None:
     """
     import ray.tune
 
+    # Ray's storage module logs every persisted checkpoint at INFO; once per epoch per trial is noise.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     settings = TrialSettings.from_config(config)
     gan_config = GANConfig.from_dict(config)
     resources = ray.tune.get_context().get_trial_resources().required_resources
@@ -111,13 +114,17 @@ def train_gan(config: dict) -> None:
 
     trainer, scorer = build_trial(gan_config, settings, device)
     monitor = DivergenceMonitor(settings)
+    state = None
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint_state(Path(directory) / STATE_FILE, device)
+    elif settings.init_checkpoint is not None:
+        state = load_checkpoint_state(Path(settings.init_checkpoint) / STATE_FILE, device)
+    if state is not None:
         trainer.load_state_dict(state)
         monitor.saturated_epochs = int(state.get("saturated_epochs", 0))
-        logger.info("resumed trial at epoch %d", trainer.epoch)
+        logger.info("continuing the trial from epoch %d", trainer.epoch)
 
     run_epochs(trainer, scorer, monitor, settings, ray.tune.report)
 

@@ -18,7 +18,8 @@ from gansearch.trainable import SETTINGS_KEY
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("trial_id", "status", "epochs", "best_fid_proxy", "best_epoch", "last_fid_proxy", "end_reason")
+RESUME_PREFIX = "resume-"  # folders of 'gansearch resume' runs inside an experiment folder
+COLUMNS = ("trial_id", "run", "status", "epochs", "best_fid_proxy", "best_epoch", "last_fid_proxy", "end_reason")
 
 
 class ExperimentNotFound(FileNotFoundError):
@@ -63,7 +64,8 @@ def trial_row(trial_dir: Path, max_epochs: int) -> dict | None:
     if not params_file.is_file():
         return None
     config = json.loads(params_file.read_text())
-    config.pop(SETTINGS_KEY, None)
+    settings = config.pop(SETTINGS_KEY, {})
+    max_epochs = int(settings.get("max_epochs", max_epochs))
     results = read_results(trial_dir)
     scored = [r for r in results if not r.get("diverged") and math.isfinite(r.get("fid_proxy", math.inf))]
     best = min(scored, key=lambda r: r["fid_proxy"], default=None)
@@ -94,17 +96,28 @@ def trial_status(trial_dir: Path, last: dict, max_epochs: int) -> tuple[str, str
     return trial_ending(last, max_epochs, errored=False)
 
 
+def trial_dirs(experiment_dir: Path) -> list[tuple[Path, str]]:
+    """Return (trial folder, run) pairs: the search's own trials, then those of ``gansearch resume`` runs."""
+    found = []
+    for child in sorted(path for path in experiment_dir.iterdir() if path.is_dir()):
+        if child.name.startswith(RESUME_PREFIX):
+            found += [(grandchild, child.name) for grandchild in sorted(child.iterdir()) if grandchild.is_dir()]
+        else:
+            found.append((child, "search"))
+    return found
+
+
 def trial_table(experiment_dir: str | Path) -> pd.DataFrame:
     """Return one row per trial, best ``fid_proxy`` first; diverged and errored trials last."""
     experiment_dir = Path(experiment_dir)
     record = read_search_record(experiment_dir)
     max_epochs = int(record["spec"]["scheduler"]["max_epochs"])
 
-    rows = [
-        row
-        for trial_dir in sorted(path for path in experiment_dir.iterdir() if path.is_dir())
-        if (row := trial_row(trial_dir, max_epochs)) is not None
-    ]
+    rows = []
+    for trial_dir, run in trial_dirs(experiment_dir):
+        row = trial_row(trial_dir, max_epochs)
+        if row is not None:
+            rows.append({"run": run, **row})
     if not rows:
         return pd.DataFrame(columns=list(COLUMNS))
 
