@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def _load(path: Path, device: torch.device | str) -> dict:
         raise CheckpointError(f"checkpoint file {str(path)!r} not found")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, struct.error) as error:
         raise CheckpointError(
             f"checkpoint file {str(path)!r} is corrupt or not a PyTorch checkpoint: {error}"
         ) from error

@@ -14,7 +14,7 @@ from gansearch.data import is_archive, load_images, to_uint8
 from gansearch.errors import UsageError
 from gansearch.metrics.proxy import SCORE_NOISE_SEED, FIDProxy, default_n_samples
 from gansearch.metrics.reference import sample_real_images
-from gansearch.metrics.standard_fid import StandardFIDUnavailable, inception_weights_path, standard_fid
+from gansearch.metrics.standard_fid import WEIGHTS_HINT, inception_weights_path, standard_fid
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,9 @@ def score_path(
         "n_samples": score.n_samples,
     }
 
-    try:
-        weights = inception_weights_path(inception_weights)
-    except StandardFIDUnavailable as reason:
-        logger.info("%s", reason)
+    weights = inception_weights_path(inception_weights)
+    if weights is None:
+        logger.info("standard FID skipped: no Inception-v3 weights file; %s", WEIGHTS_HINT)
         return result
     real = sample_real_images(data, "train", count)
     result["fid"] = standard_fid(images, real, weights, torch_device)

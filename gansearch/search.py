@@ -170,9 +170,7 @@ def build_searcher(spec: SearchSpec):
         sampler = optuna.samplers.TPESampler(seed=spec.searcher.seed)
     else:
         sampler = optuna.samplers.RandomSampler(seed=spec.searcher.seed)
-    points = [spec.default_point()] if spec.searcher.start_from_defaults and spec.search_space else None
-
-    searcher = DivergenceAwareOptunaSearch(sampler=sampler, points_to_evaluate=points)
+    searcher = DivergenceAwareOptunaSearch(sampler=sampler, points_to_evaluate=spec.initial_points() or None)
     if spec.trials.max_concurrent is not None:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.trials.max_concurrent)
     return searcher

@@ -31,6 +31,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class LogUniform(_Strict):
     type: Literal["loguniform"]
     low: float = Field(gt=0, description="lower bound, above 0")
@@ -43,7 +47,7 @@ class LogUniform(_Strict):
         return self
 
     def contains(self, value: Any) -> bool:
-        return self.low <= value <= self.high
+        return _is_number(value) and self.low <= value <= self.high
 
 
 class Uniform(_Strict):
@@ -58,7 +62,7 @@ class Uniform(_Strict):
         return self
 
     def contains(self, value: Any) -> bool:
-        return self.low <= value <= self.high
+        return _is_number(value) and self.low <= value <= self.high
 
 
 class RandInt(_Strict):
@@ -75,7 +79,7 @@ class RandInt(_Strict):
         return self
 
     def contains(self, value: Any) -> bool:
-        return self.low <= value <= self.high
+        return _is_number(value) and self.low <= value <= self.high
 
 
 class Choice(_Strict):
@@ -111,6 +115,9 @@ class SearcherSpec(_Strict):
     type: Literal["optuna", "random"] = "optuna"
     seed: int = 0
     start_from_defaults: bool = Field(True, description="evaluate the DCGAN defaults first")
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list, description="configs to evaluate before the searcher proposes its own"
+    )
 
 
 class SchedulerSpec(_Strict):
@@ -205,7 +212,21 @@ class SearchSpec(_Strict):
             raise ValueError(f"{', '.join(both)} appear in both train and search_space; keep each in one")
         if self.searcher.start_from_defaults:
             self._check_defaults_in_space()
+        self._check_points()
         return self
+
+    def _check_points(self) -> None:
+        for index, point in enumerate(self.searcher.points_to_evaluate):
+            if set(point) != set(self.search_space):
+                raise ValueError(
+                    f"searcher.points_to_evaluate[{index}] has keys {sorted(point)}; "
+                    f"it needs exactly the search_space keys {sorted(self.search_space)}"
+                )
+            for key, value in point.items():
+                if not self.search_space[key].contains(value):
+                    raise ValueError(
+                        f"searcher.points_to_evaluate[{index}].{key}={value!r} lies outside search_space.{key}"
+                    )
 
     def _check_defaults_in_space(self) -> None:
         defaults = GANConfig()
@@ -218,9 +239,16 @@ class SearchSpec(_Strict):
                 )
 
     def default_point(self) -> dict[str, Any]:
-        """Return the DCGAN defaults for the searched settings, the searcher's first point."""
+        """Return the DCGAN defaults for the searched settings."""
         defaults = GANConfig().to_dict()
         return {key: defaults[key] for key in self.search_space}
+
+    def initial_points(self) -> list[dict[str, Any]]:
+        """Return the configs evaluated before the searcher's own: the defaults, then the listed points."""
+        if not self.search_space:
+            return []
+        points = [self.default_point()] if self.searcher.start_from_defaults else []
+        return points + [dict(point) for point in self.searcher.points_to_evaluate]
 
     def fixed_settings(self) -> dict[str, Any]:
         return GANConfig(**self.train).to_dict()

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import struct
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -127,7 +130,7 @@ def load_feature_net(
         payload = torch.load(path, map_location="cpu", weights_only=True)
         network = FeatureNet(widths=tuple(payload["widths"]))
         network.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError, TypeError, EOFError, OSError) as error:
+    except (RuntimeError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError, struct.error, zipfile.BadZipFile) as error:
         raise FeatureNetError(
             f"feature network weights {str(path)!r} are not a gansearch feature network: {error}"
         ) from error

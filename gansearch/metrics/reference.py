@@ -38,6 +38,7 @@ class RealReference:
     features: np.ndarray
     stats: GaussianStats
     key: str
+    from_cache: bool = False
 
     @property
     def count(self) -> int:
@@ -151,7 +152,7 @@ def _read_reference(cache_file: Path, key: str, count: int) -> RealReference | N
     if not consistent:
         logger.warning("real statistics cache %s does not match its key; computing it again", cache_file)
         return None
-    return RealReference(features=features, stats=GaussianStats(mean, cov, count), key=key)
+    return RealReference(features=features, stats=GaussianStats(mean, cov, count), key=key, from_cache=True)
 
 
 def _write_reference(cache_file: Path, reference: RealReference) -> None:

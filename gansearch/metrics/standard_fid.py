@@ -28,11 +28,14 @@ class StandardFIDUnavailable(RuntimeError):
     """No Inception weights file, or torch-fidelity is not installed."""
 
 
-def inception_weights_path(explicit: str | os.PathLike | None) -> Path:
-    """Return the Inception weights file from the argument or the environment, or raise with how to get it."""
+def inception_weights_path(explicit: str | os.PathLike | None) -> Path | None:
+    """Return the Inception weights file from the argument or the environment, None when neither is set.
+
+    Raises StandardFIDUnavailable, with how to get the file, when the named file does not exist.
+    """
     candidate = explicit or os.environ.get(WEIGHTS_ENV)
     if not candidate:
-        raise StandardFIDUnavailable(f"standard FID skipped: no Inception-v3 weights file; {WEIGHTS_HINT}")
+        return None
     path = Path(candidate).expanduser()
     if not path.is_file():
         raise StandardFIDUnavailable(f"Inception-v3 weights file {str(path)!r} not found; {WEIGHTS_HINT}")
