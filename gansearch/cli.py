@@ -52,7 +52,6 @@ def command_validate(args: argparse.Namespace) -> int:
 def command_run(args: argparse.Namespace) -> int:
     from gansearch.search import prepare_search, run_search
     from gansearch.spec import load_spec
-    from gansearch.tracking import runs_view_url
 
     if args.resume:
         return _resume_search(args)
@@ -63,27 +62,24 @@ def command_run(args: argparse.Namespace) -> int:
         address=args.address or os.environ.get("RAY_ADDRESS"),
     )
     logger.info("search %s: results in %s, MLflow at %s", prepared.name, prepared.experiment_dir, prepared.tracking_uri)
-    results, store = run_search(prepared)
-    return _finish_run(prepared, store, results, runs_view_url)
+    return _finish_run(prepared, run_search(prepared))
 
 
 def _resume_search(args: argparse.Namespace) -> int:
     from gansearch.resume import prepare_resumed_search
     from gansearch.search import run_search
-    from gansearch.tracking import runs_view_url
 
     prepared = prepare_resumed_search(args.resume, storage=args.storage, address=args.address)
-    results, store = run_search(prepared, resume=True)
-    return _finish_run(prepared, store, results, runs_view_url)
+    return _finish_run(prepared, run_search(prepared, resume=True))
 
 
-def _finish_run(prepared, store, results, runs_view_url) -> int:
-    from gansearch.trials import COLUMNS, trial_table
+def _finish_run(prepared, outcome) -> int:
+    from gansearch.tracking import runs_view_url
+    from gansearch.trials import COLUMNS
 
-    table = trial_table(prepared.experiment_dir)
+    table = outcome.table
     _print_table(table.head(20), list(COLUMNS) + list(prepared.spec.search_space))
-    scored = table["best_fid_proxy"].notna().sum() if len(table) else 0
-    experiment_id = store.experiment_id
+    experiment_id = outcome.store.experiment_id
 
     print(f"\nResults: {prepared.experiment_dir}")
     if prepared.tracking_uri.startswith("sqlite:"):
@@ -92,9 +88,13 @@ def _finish_run(prepared, store, results, runs_view_url) -> int:
     else:
         print(f"This search's runs:  {runs_view_url(prepared.tracking_uri, experiment_id)}")
 
-    if results.errors:
-        logger.warning("%d of %d trials raised errors; see 'gansearch trials %s'", len(results.errors), len(table), prepared.experiment_dir)
-    if scored == 0:
+    if outcome.interrupted:
+        print(f"The search was interrupted; continue it with:  gansearch run --resume {prepared.experiment_dir}")
+        return 130
+    errored = int((table["status"] == "errored").sum()) if len(table) else 0
+    if errored:
+        logger.warning("%d of %d trials raised errors; see 'gansearch trials %s'", errored, len(table), prepared.experiment_dir)
+    if not outcome.scored:
         logger.error("no trial produced a %s value: the search failed", prepared.spec.metric)
         return 1
     return 0
@@ -172,9 +172,14 @@ def command_proxy_score(args: argparse.Namespace) -> int:
 def command_resume(args: argparse.Namespace) -> int:
     from gansearch.resume import resume_trial
 
-    resume_trial(args.experiment, epochs=args.epochs, trial_id=args.trial, which=args.checkpoint,
-                 storage=args.storage, address=args.address)
-    return 0
+    from gansearch.trials import trial_table
+
+    results, run_dir = resume_trial(args.experiment, epochs=args.epochs, trial_id=args.trial, which=args.checkpoint,
+                                    storage=args.storage, address=args.address or os.environ.get("RAY_ADDRESS"))
+    table = trial_table(run_dir.parent)
+    _print_table(table[table["run"] == run_dir.name])
+    print(f"\nResumed run: {run_dir}")
+    return 0 if results.num_errors == 0 else 1
 
 
 def command_sample(args: argparse.Namespace) -> int:

@@ -283,8 +283,23 @@ def run_search(prepared: PreparedSearch, resume: bool = False):
 
     store = MLflowStore(prepared.tracking_uri, prepared.experiment_name)
     table = trial_table(prepared.experiment_dir)
-    finish_search(store, prepared.name, table.to_csv(index=False), status="FAILED" if results.errors and len(results.errors) == len(table) else "FINISHED")
-    return results, store
+    interrupted = results.num_terminated + results.num_errors < len(results)
+    scored = bool(len(table)) and bool(table["best_fid_proxy"].notna().any())
+    status = "KILLED" if interrupted else ("FINISHED" if scored else "FAILED")
+    finish_search(store, prepared.name, table.to_csv(index=False), status=status)
+    return SearchOutcome(results=results, store=store, table=table, interrupted=interrupted)
+
+
+@dataclass
+class SearchOutcome:
+    results: Any  # ray.tune.ResultGrid
+    store: Any  # gansearch.tracking.MLflowStore
+    table: Any  # pandas.DataFrame from trial_table
+    interrupted: bool  # stopped by a signal before every trial ended
+
+    @property
+    def scored(self) -> bool:
+        return bool(len(self.table)) and bool(self.table["best_fid_proxy"].notna().any())
 
 
 def restore_tuner(prepared: PreparedSearch):
@@ -292,4 +307,5 @@ def restore_tuner(prepared: PreparedSearch):
 
     spec = prepared.spec
     trainable = tune.with_resources(train_gan, {"cpu": spec.trials.cpus, "gpu": spec.trials.gpus})
-    return tune.Tuner.restore(prepared.experiment_dir, trainable=trainable, resume_errored=True)
+    # Errored trials stay errored: their error is usually in the config, and rerunning would repeat it.
+    return tune.Tuner.restore(prepared.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)

@@ -227,6 +227,15 @@ class MLflowTracker(Callback):
             self._log_best_generator(run_id)
         self.store.client.set_terminated(run_id, status="FAILED" if end in {"errored", "diverged"} else "FINISHED")
 
+    def on_experiment_end(self, trials, **info) -> None:
+        """Mark the runs of trials that an interruption left unfinished as KILLED, until a restore."""
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR") or trial.trial_id not in self.run_ids:
+                continue
+            run_id = self.run_ids[trial.trial_id]
+            self.store.client.set_tag(run_id, TAG_END, "interrupted")
+            self.store.client.set_terminated(run_id, status="KILLED")
+
     def _log_best_generator(self, run_id: str) -> None:
         best_path = self.store.client.get_run(run_id).data.tags.get(TAG_BEST_CHECKPOINT)
         if not best_path:
@@ -244,7 +253,11 @@ class MLflowTracker(Callback):
 
 
 def finish_search(store: MLflowStore, search_id: str, table_csv: str, status: str = "FINISHED") -> str | None:
-    """Attach the final trial table to the search's parent run and close it; return the run id."""
+    """Attach the trial table to the search's parent run and set its status; return the run id.
+
+    ``status`` is FINISHED, FAILED (no trial produced a score) or KILLED (interrupted; a restore
+    reopens the run).
+    """
     parent_run_id = store.find_run(**{TAG_SEARCH_ID: search_id, TAG_ROLE: "search"})
     if parent_run_id is None:
         logger.warning("no MLflow parent run found for search %s", search_id)

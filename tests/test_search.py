@@ -43,8 +43,8 @@ def run_tiny(tmp_path, image_folder, weights, spec_dict):
     spec_dict = {**spec_dict, "metrics": {**spec_dict["metrics"], "feature_weights": str(weights)}}
     spec = validate_document(spec_dict, "test spec")
     prepared = prepare_search(spec, yaml.safe_dump(spec_dict), data=str(image_folder), storage=str(tmp_path / "results"))
-    results, store = run_search(prepared)
-    return prepared, results, store
+    outcome = run_search(prepared)
+    return prepared, outcome.results, outcome.store
 
 
 def child_runs(store: MLflowStore):

@@ -119,48 +119,56 @@ def _is_near_singular(cov: np.ndarray) -> bool:
     return bool(eigenvalues.min() <= SINGULAR_OFFSET * max(eigenvalues.max(), 1.0))
 
 
-def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Return the cubic kernel (x.y / d + 1)^3 between the rows of ``x`` and ``y``."""
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+def mmd2_unbiased(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> float:
     """Return the unbiased squared MMD between samples ``x`` and ``y`` under the cubic kernel."""
+    x, y = _as_float64(x), _as_float64(y, x.device if isinstance(x, torch.Tensor) else None)
     m, n = len(x), len(y)
     k_xx = polynomial_kernel(x, x)
     k_yy = polynomial_kernel(y, y)
     k_xy = polynomial_kernel(x, y)
-    within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
-    within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
     return float(within_x + within_y - 2.0 * k_xy.mean())
 
 
+def _as_float64(values: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    tensor = torch.as_tensor(values) if not isinstance(values, torch.Tensor) else values
+    return tensor.to(device=device or tensor.device, dtype=torch.float64)
+
+
 def kernel_inception_distance(
-    features1: np.ndarray,
-    features2: np.ndarray,
+    features1: np.ndarray | torch.Tensor,
+    features2: np.ndarray | torch.Tensor,
     subsets: int = 100,
     subset_size: int = 1000,
     seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> tuple[float, float]:
     """Return the mean and standard deviation of the unbiased MMD^2 over random subsets.
 
     Each subset draws ``subset_size`` rows without replacement from each feature set; when a set is
-    smaller than that, the whole set is used.
+    smaller than that, the whole set is used. The kernels are computed in float64 on ``device``
+    (default: the device of ``features1``), because on a GPU this is the costliest step on the CPU.
     """
-    features1 = np.asarray(features1, dtype=np.float64)
-    features2 = np.asarray(features2, dtype=np.float64)
-    if features1.shape[1] != features2.shape[1]:
-        raise MetricError(f"feature dimensions differ: {features1.shape[1]} and {features2.shape[1]}")
-    size = min(subset_size, len(features1), len(features2))
+    x = _as_float64(features1, torch.device(device) if device is not None else None)
+    y = _as_float64(features2, x.device)
+    if x.shape[1] != y.shape[1]:
+        raise MetricError(f"feature dimensions differ: {x.shape[1]} and {y.shape[1]}")
+    size = min(subset_size, len(x), len(y))
     if size < 2:
-        raise MetricError(f"KID needs at least 2 samples in each set, got {len(features1)} and {len(features2)}")
+        raise MetricError(f"KID needs at least 2 samples in each set, got {len(x)} and {len(y)}")
     if subsets < 1:
         raise MetricError(f"KID needs at least 1 subset, got {subsets}")
 
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)
     for index in range(subsets):
-        rows1 = rng.choice(len(features1), size, replace=False)
-        rows2 = rng.choice(len(features2), size, replace=False)
-        values[index] = mmd2_unbiased(features1[rows1], features2[rows2])
+        rows1 = torch.from_numpy(rng.choice(len(x), size, replace=False)).to(x.device)
+        rows2 = torch.from_numpy(rng.choice(len(y), size, replace=False)).to(x.device)
+        values[index] = mmd2_unbiased(x[rows1], y[rows2])
     return float(values.mean()), float(values.std())

@@ -106,7 +106,7 @@ class FIDProxy:
 
         fid = frechet_distance(stats, self.reference.stats)
         kid, kid_std = kernel_inception_distance(
-            features, self.reference.features, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE
+            features, self.reference.features, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, device=self.device
         )
         return ProxyScore(fid_proxy=fid, kid_proxy=kid, kid_proxy_std=kid_std, n_samples=len(features))
 
