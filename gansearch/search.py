@@ -256,6 +256,46 @@ def init_ray(address: str | None) -> None:
     ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
 
 
+def check_shared_storage(storage: Path) -> None:
+    """Raise SearchError when a local storage folder is not visible from every node of the cluster.
+
+    Tune moves checkpoints between nodes through the storage, so on a cluster of several nodes a
+    local folder must be a shared mount (NFS or similar). The check writes a marker file here and
+    looks for it from a task pinned to each other node.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    driver_node = ray.get_runtime_context().get_node_id()
+    others = [node["NodeID"] for node in nodes if node["NodeID"] != driver_node]
+    if not others:
+        return
+
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage / f".gansearch-shared-{os.getpid()}"
+    marker.write_text(driver_node)
+
+    @ray.remote(num_cpus=0)
+    def sees_marker(path: str) -> bool:
+        return Path(path).is_file()
+
+    try:
+        checks = [
+            sees_marker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(str(marker))
+            for node_id in others
+        ]
+        blind = [node_id for node_id, seen in zip(others, ray.get(checks, timeout=120)) if not seen]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise SearchError(
+            f"storage {str(storage)!r} is a local folder that {len(blind)} of the cluster's {len(nodes)} nodes "
+            f"cannot see (node {blind[0][:12]}...); Tune moves checkpoints between nodes through the storage, "
+            "so use an s3:// or gs:// URI or a folder on a file system mounted on every node"
+        )
+
+
 def run_search(prepared: PreparedSearch, resume: bool = False):
     """Run (or continue) the search and return Tune's ResultGrid."""
     from gansearch.tracking import MLflowStore, MLflowTracker, finish_search
@@ -275,6 +315,8 @@ def run_search(prepared: PreparedSearch, resume: bool = False):
     )
 
     init_ray(prepared.address)
+    if prepared.local_storage is not None:
+        check_shared_storage(prepared.local_storage)
     # A restored Tuner brings back the callbacks pickled with it, this tracker among them.
     tuner = restore_tuner(prepared) if resume else build_tuner(prepared, [tracker])
     results = tuner.fit()

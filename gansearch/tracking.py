@@ -143,6 +143,7 @@ class MLflowTracker(Callback):
         self.parent_run_id: str | None = None
         self.run_ids: dict[str, str] = {}
         self.best: dict[str, float] = {}
+        self.placed: set[str] = set()  # trials whose node and device are tagged
 
     # Tune calls setup once in the driver before any trial starts.
     def setup(self, **info) -> None:
@@ -190,6 +191,11 @@ class MLflowTracker(Callback):
         self.store.log_metrics(run_id, metrics, step)
         if result.get("diverged"):
             self.store.client.set_tag(run_id, TAG_END_REASON, str(result.get("end_reason", "")))
+
+    def _tag_placement(self, run_id: str, result: dict) -> None:
+        """Tag where the trial ran: the Ray node and the torch device."""
+        for key in ("node_id", "node_ip", "device"):
+            self.store.client.set_tag(run_id, f"gansearch.{key}", str(result.get(key, "")))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         run_id = self._trial_run(trial)

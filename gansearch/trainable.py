@@ -155,10 +155,14 @@ def run_epochs(trainer: GANTrainer, scorer: FIDProxy, monitor: DivergenceMonitor
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
 
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
     while trainer.epoch < settings.max_epochs:
         stats = trainer.train_epoch()
         reason = monitor.check(stats)
         metrics = epoch_metrics(trainer, stats)
+        metrics["node_id"] = node_id
 
         if reason is not None:
             logger.warning("trial diverged at epoch %d: %s", trainer.epoch, reason)
@@ -167,7 +171,7 @@ def run_epochs(trainer: GANTrainer, scorer: FIDProxy, monitor: DivergenceMonitor
             return
 
         metrics.update(scorer.score_generator(trainer.sampler, trainer.config.z_dim).as_metrics())
-        metrics.update(diverged=0, end_reason="")
+        metrics.update(diverged=0, end_reason="", device=str(trainer.device))
         if trainer.device.type == "cuda":
             metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
 

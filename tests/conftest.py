@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +51,15 @@ def random_feature_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_runtime(tmp_path_factory):
-    """One local Ray runtime for a whole test module: ray.init costs several seconds."""
+def ray_runtime(request):
+    """One local Ray runtime for a whole test module: ray.init costs several seconds.
+
+    A module may set RAY_INIT_ARGS, for example to declare logical GPUs.
+    """
     import ray
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", configure_logging=False)
+    arguments = {"num_cpus": 2, **getattr(request.module, "RAY_INIT_ARGS", {})}
+    ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=False, **arguments)
     yield ray
     ray.shutdown()
 
