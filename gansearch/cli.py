@@ -113,7 +113,8 @@ def _print_table(table, columns: list[str] | None = None) -> None:
         view.add_column(column, justify="right" if table[column].dtype.kind in "if" else "left")
     for _, row in table.iterrows():
         view.add_row(*[_format_cell(row[column]) for column in shown])
-    Console().print(view)
+    # Outside a terminal rich assumes 80 columns and would cut the column names short.
+    Console(width=None if sys.stdout.isatty() else 240).print(view)
 
 
 def _format_cell(value) -> str:

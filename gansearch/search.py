@@ -1,7 +1,7 @@
 """Assembly of a search: Optuna proposes configs, ASHA stops weak trials, Tune runs them, MLflow records.
 
-``prepare_search`` does every check that can fail (spec, data, metric sample count, storage,
-tracking store) before Ray starts; ``run_search`` then starts Ray and runs the Tuner.
+``prepare_search`` runs every check that can fail (spec, data, metric sample count, storage,
+tracking store) before Ray starts. ``run_search`` then starts Ray and runs the Tuner.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 SPEC_COPY = "spec.yaml"
 SEARCH_RECORD = "gansearch.json"  # the resolved search, written before training starts
-TRIAL_METRICS = ("fid_proxy", "kid_proxy", "d_loss", "g_loss", "d_real", "d_fake", "epoch")
 
 
 class SearchError(RuntimeError):
@@ -241,7 +240,7 @@ def check_new_experiment(prepared: PreparedSearch) -> None:
     experiment_dir = directory / prepared.name
     if experiment_dir.exists() and any(experiment_dir.glob("experiment_state-*.json")):
         raise SearchError(
-            f"experiment folder {str(experiment_dir)!r} already holds a search; continue it with "
+            f"experiment folder {str(experiment_dir)!r} already contains a search; continue it with "
             f"'gansearch run --resume {experiment_dir}' or choose another --name"
         )
 
@@ -325,11 +324,31 @@ def run_search(prepared: PreparedSearch, resume: bool = False):
 
     store = MLflowStore(prepared.tracking_uri, prepared.experiment_name)
     table = trial_table(prepared.experiment_dir)
-    interrupted = results.num_terminated + results.num_errors < len(results)
-    scored = bool(len(table)) and bool(table["best_fid_proxy"].notna().any())
-    status = "KILLED" if interrupted else ("FINISHED" if scored else "FAILED")
+    outcome = SearchOutcome(
+        results=results,
+        store=store,
+        table=table,
+        interrupted=search_interrupted(results, table, prepared.spec.trials.num_samples),
+    )
+    if outcome.interrupted:
+        status = "KILLED"
+    elif outcome.scored:
+        status = "FINISHED"
+    else:
+        status = "FAILED"
     finish_search(store, prepared.name, table.to_csv(index=False), status=status)
-    return SearchOutcome(results=results, store=store, table=table, interrupted=interrupted)
+    return outcome
+
+
+def search_interrupted(results, table, num_samples: int) -> bool:
+    """Return whether Tune returned before every trial of the search had been created and had ended.
+
+    A Ctrl-C makes ``Tuner.fit`` return normally, so this is how the caller tells the two apart.
+    """
+    unfinished = bool(len(table)) and bool((table["status"] == "unfinished").any())
+    never_created = len(results) < num_samples
+    still_running = results.num_terminated + results.num_errors < len(results)
+    return unfinished or never_created or still_running
 
 
 @dataclass

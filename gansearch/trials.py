@@ -59,7 +59,24 @@ def read_results(trial_dir: Path) -> list[dict]:
     return results
 
 
-def trial_row(trial_dir: Path, max_epochs: int) -> dict | None:
+def tune_statuses(run_dir: Path) -> dict[str, str]:
+    """Return Tune's status of each trial (RUNNING, TERMINATED, ERROR...) from the newest experiment state."""
+    states = sorted(run_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        document = json.loads(states[-1].read_text())
+        trials = [json.loads(entry[0]) for entry in document["trial_data"]]
+    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
+        logger.warning("cannot read Tune's trial statuses from %s: %s", states[-1], error)
+        return {}
+    return {trial["trial_id"]: trial.get("status", "") for trial in trials}
+
+
+UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
+
+
+def trial_row(trial_dir: Path, max_epochs: int, tune_status: str = "") -> dict | None:
     params_file = trial_dir / "params.json"
     if not params_file.is_file():
         return None
@@ -72,6 +89,8 @@ def trial_row(trial_dir: Path, max_epochs: int) -> dict | None:
     last = results[-1] if results else {}
 
     status, reason = trial_status(trial_dir, last, max_epochs)
+    if tune_status in UNFINISHED:
+        status, reason = "unfinished", "the search stopped before this trial ended; continue it with 'gansearch run --resume'"
     row = {
         "trial_id": last.get("trial_id") or trial_dir.name,
         "status": status,
@@ -114,8 +133,12 @@ def trial_table(experiment_dir: str | Path) -> pd.DataFrame:
     max_epochs = int(record["spec"]["scheduler"]["max_epochs"])
 
     rows = []
+    statuses = {}
     for trial_dir, run in trial_dirs(experiment_dir):
-        row = trial_row(trial_dir, max_epochs)
+        if trial_dir.parent not in statuses:
+            statuses[trial_dir.parent] = tune_statuses(trial_dir.parent)
+        trial_id = trial_dir.name.rsplit("_", 1)[-1]
+        row = trial_row(trial_dir, max_epochs, statuses[trial_dir.parent].get(trial_id, ""))
         if row is not None:
             rows.append({"run": run, **row})
     if not rows:

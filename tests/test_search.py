@@ -151,7 +151,7 @@ def test_rerun_into_same_folder_is_rejected(asha_search, image_folder, random_fe
     from gansearch.search import SearchError
 
     prepared, _, _ = asha_search
-    with pytest.raises(SearchError, match="already holds a search"):
+    with pytest.raises(SearchError, match="already contains a search"):
         run_search(prepared)
 
 

@@ -83,8 +83,8 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
 def _trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
     """Return tr((cov1 cov2)^(1/2)) through the symmetric form (S1^(1/2) S2 S1^(1/2))^(1/2).
 
-    Both matrices have the same eigenvalues, but the symmetric one can be decomposed with eigh,
-    which yields real eigenvalues; round-off can make a few slightly negative, and those are clipped.
+    Both matrices have the same eigenvalues, but only the symmetric one can go through eigh, which
+    returns real eigenvalues. Round-off can make a few slightly negative, so those are clipped to 0.
     """
     root1 = _sqrt_psd(cov1)
     middle = root1 @ cov2 @ root1

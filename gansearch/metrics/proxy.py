@@ -1,7 +1,7 @@
 """The scorer that trials call each epoch: ``fid_proxy`` and ``kid_proxy`` of a generator.
 
 Both compare the feature network's activations on generated images with those on real CIFAR-10
-images. ``fid_proxy`` is the Fréchet distance between the two Gaussian fits; ``kid_proxy`` is the
+images. ``fid_proxy`` is the Fréchet distance between the two Gaussian fits. ``kid_proxy`` is the
 mean unbiased MMD^2 over subsets, which has no bias in the sample count and so suits small N.
 """
 
