@@ -145,7 +145,7 @@ def test_interrupted_search_continues(tmp_path, image_folder, random_feature_wei
 
         def one_finished_one_running() -> bool:
             counts = [len(read_epochs(d)) for d in experiment.glob("train_gan_*")]
-            return 6 in counts and any(0 < count < 4 for count in counts)
+            return 6 in counts and any(1 < count < 5 for count in counts)
 
         wait_for(one_finished_one_running, 600, process)
         before = {d.name: read_epochs(d) for d in experiment.glob("train_gan_*")}
