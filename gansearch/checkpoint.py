@@ -47,7 +47,7 @@ def _load(path: Path, device: torch.device | str) -> dict:
         raise CheckpointError(
             f"checkpoint file {str(path)!r} is corrupt or not a PyTorch checkpoint: {error}"
         ) from error
-    if not isinstance(payload, dict):
+    if not isinstance(payload, dict) or not all(isinstance(key, str) for key in payload):
         raise CheckpointError(f"checkpoint file {str(path)!r} is not a gansearch checkpoint")
     return payload
 
@@ -57,7 +57,11 @@ def save_state(path: str | os.PathLike, state: dict) -> None:
 
 
 def load_checkpoint_state(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
-    """Load a trainer state saved by ``save_state``; raise CheckpointError naming the file otherwise."""
+    """Load a trainer state saved by ``save_state``; raise CheckpointError naming the file otherwise.
+
+    Keep ``device`` on the CPU for ``GANTrainer.load_state_dict``: RNG states must be CPU tensors,
+    and the model and optimizer loaders move their tensors to the trainer's device themselves.
+    """
     state = _load(Path(path), device)
     if state.get("format") != STATE_FORMAT:
         raise CheckpointError(
@@ -95,19 +99,20 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu") 
         path = existing[0]
 
     payload = _load(path, "cpu")
-    if payload.get("format") == GENERATOR_FORMAT:
-        weights, ema = payload["G"], payload["ema"]
-    elif payload.get("format") == STATE_FORMAT:
-        ema = "G_ema" in payload
-        weights = payload["G_ema"] if ema else payload["G"]
-    else:
-        raise CheckpointError(f"checkpoint file {str(path)!r} is not a gansearch checkpoint")
-
-    config = GANConfig.from_dict(payload["config"])
-    generator = Generator(config.z_dim, config.g_width)
     try:
+        if payload.get("format") == GENERATOR_FORMAT:
+            weights, ema = payload["G"], bool(payload["ema"])
+        elif payload.get("format") == STATE_FORMAT:
+            ema = "G_ema" in payload
+            weights = payload["G_ema"] if ema else payload["G"]
+        else:
+            raise CheckpointError(f"checkpoint file {str(path)!r} is not a gansearch checkpoint")
+        config = GANConfig.from_dict(payload["config"])
+        generator = Generator(config.z_dim, config.g_width)
         generator.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not match its own config: {error}") from error
-    metadata = {"config": config, "epoch": int(payload["epoch"]), "ema": ema}
+        metadata = {"config": config, "epoch": int(payload["epoch"]), "ema": ema}
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint file {str(path)!r} is damaged or incomplete: {error!r}") from error
     return generator.to(device).eval(), metadata

@@ -66,10 +66,15 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def _resume_search(args: argparse.Namespace) -> int:
+    from gansearch.errors import UsageError
     from gansearch.resume import prepare_resumed_search
     from gansearch.search import run_search
 
-    prepared = prepare_resumed_search(args.resume, storage=args.storage, address=args.address)
+    ignored = [flag for flag, value in (("SPEC", args.spec), ("--num-samples", args.num_samples), ("--max-epochs", args.max_epochs),
+               ("--grace-period", args.grace_period), ("--data", args.data), ("--name", args.name)) if value is not None]
+    if ignored:
+        raise UsageError(f"--resume continues a search with its recorded spec; drop {', '.join(ignored)}")
+    prepared = prepare_resumed_search(args.resume, storage=args.storage, address=args.address or os.environ.get("RAY_ADDRESS"))
     return _finish_run(prepared, run_search(prepared, resume=True))
 
 
@@ -130,7 +135,9 @@ def command_trials(args: argparse.Namespace) -> int:
     if args.format == "csv":
         text = table.to_csv(index=False)
         if args.out:
-            Path(args.out).write_text(text)
+            from gansearch.storage import atomic_write_bytes
+
+            atomic_write_bytes(args.out, text.encode())
         else:
             sys.stdout.write(text)
     elif args.format == "json":

@@ -13,9 +13,11 @@ import hashlib
 import io
 import json
 import logging
+import lzma
 import os
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -234,7 +236,7 @@ def _tar_entries(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
                     continue
                 handle = archive.extractfile(member)
                 yield found[0], f"{path}:{member.name}", handle.read()
-    except (tarfile.TarError, EOFError, OSError) as error:
+    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as error:
         raise DataError(f"data archive {str(path)!r} is unreadable: {error}") from error
 
 
@@ -245,7 +247,7 @@ def _zip_entries(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
                 found = _split_member(tuple(Path(name).parts), split)
                 if found is not None:
                     yield found[0], f"{path}:{name}", archive.read(name)
-    except (zipfile.BadZipFile, OSError) as error:
+    except (zipfile.BadZipFile, OSError, zlib.error) as error:
         raise DataError(f"data archive {str(path)!r} is unreadable: {error}") from error
 
 
@@ -366,5 +368,5 @@ def _archive_images(path: Path) -> Iterator[tuple[str, bytes]]:
                 for member in archive:
                     if member.isfile() and wanted(member.name):
                         yield f"{path}:{member.name}", archive.extractfile(member).read()
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, lzma.LZMAError, zlib.error) as error:
         raise DataError(f"archive {str(path)!r} is unreadable: {error}") from error

@@ -38,6 +38,7 @@ def prepared_from_record(experiment_dir: Path, address: str | None = None) -> Pr
             data=record["data"],
             storage=record["storage"],
             name=record["name"],
+            search_id=record.get("search_id", record["name"]),
             tracking_uri=record["tracking_uri"],
             experiment_name=record["experiment_name"],
             cache_dir=None if address else record.get("cache_dir"),
@@ -126,7 +127,10 @@ def resume_trial(
     from ray import tune
 
     from gansearch.schedulers import DivergenceAwareFIFO
-    from gansearch.tracking import TAG_SOURCE_EPOCH, TAG_SOURCE_RUN, TAG_SEARCH_ID, TAG_TRIAL_ID, MLflowStore, MLflowTracker
+    from gansearch.search import trial_dirname
+    from gansearch.tracking import (
+        TAG_SEARCH_ID, TAG_SOURCE_EPOCH, TAG_SOURCE_RUN, TAG_TRIAL_ID, MLflowStore, MLflowTracker, finish_search,
+    )
 
     experiment_dir = resolve_experiment(experiment, storage)
     prepared = prepared_from_record(experiment_dir, address)
@@ -146,14 +150,15 @@ def resume_trial(
     config[SETTINGS_KEY] = settings.to_dict()
 
     store = MLflowStore(prepared.tracking_uri, prepared.experiment_name)
-    source_run = store.find_run(**{TAG_SEARCH_ID: prepared.name, TAG_TRIAL_ID: str(row["trial_id"])})
+    source_run = store.find_run(**{TAG_SEARCH_ID: prepared.search_id, TAG_TRIAL_ID: str(row["trial_id"])})
     tracker = MLflowTracker(
         tracking_uri=prepared.tracking_uri,
         experiment_name=prepared.experiment_name,
-        search_id=prepared.name,
+        search_id=prepared.search_id,
         spec_file=None,
         max_epochs=epochs,
         image_every=prepared.spec.tracking.image_every,
+        metric=prepared.spec.metric,
         trial_role="resume",
         trial_tags={TAG_SOURCE_RUN: source_run or "", TAG_SOURCE_EPOCH: str(checkpoint_epoch)},
     )
@@ -165,7 +170,10 @@ def resume_trial(
     tuner = tune.Tuner(
         trainable,
         param_space=config,
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=DivergenceAwareFIFO(), num_samples=1),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, scheduler=DivergenceAwareFIFO(), num_samples=1,
+            trial_dirname_creator=trial_dirname,
+        ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(experiment_dir),
@@ -180,5 +188,8 @@ def resume_trial(
     )
     init_ray(address)
     results = tuner.fit()
+
+    # The tracker reopened the search's parent run to nest this run under it; close it again.
+    finish_search(store, prepared.search_id, trial_table(experiment_dir).to_csv(index=False))
     return results, experiment_dir / name
 

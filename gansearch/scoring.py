@@ -37,6 +37,19 @@ def generate_images(checkpoint: Path, n: int, device: torch.device) -> np.ndarra
     return torch.cat(chunks).numpy()
 
 
+def parse_device(device: str | None) -> torch.device:
+    """Return the torch device for ``--device``: cuda when available by default, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"--device {device!r} is invalid: use cpu, cuda or cuda:N") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r} requested but PyTorch sees no CUDA GPU; use --device cpu")
+    return parsed
+
+
 def score_path(
     path: str | os.PathLike,
     data: str = "cifar10",
@@ -50,7 +63,7 @@ def score_path(
     With Inception weights (argument or environment) it adds ``fid``, the standard FID.
     """
     path = Path(path).expanduser()
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = parse_device(device)
     if n_samples is not None and n_samples < 2:
         raise UsageError(f"--n must be at least 2, got {n_samples}")
 

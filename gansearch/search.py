@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gansearch.data import check_source, default_cache_dir, load_split
 from gansearch.spec import Choice, LogUniform, RandInt, SearchSpec, Uniform
+from gansearch.storage import atomic_write_bytes
 from gansearch.trainable import SETTINGS_KEY, TrialSettings, train_gan
 from gansearch.tracking import default_tracking_uri
 
@@ -24,8 +28,15 @@ SPEC_COPY = "spec.yaml"
 SEARCH_RECORD = "gansearch.json"  # the resolved search, written before training starts
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 class SearchError(RuntimeError):
     """A search that cannot start or continue: bad storage, an existing or foreign experiment folder."""
+
+
+def new_search_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def is_uri(storage: str) -> bool:
@@ -45,7 +56,8 @@ class PreparedSearch:
     experiment_name: str
     cache_dir: str | None
     address: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
+    # Unique per search, unlike the name: a new search that reuses a name gets its own MLflow runs.
+    search_id: str = field(default_factory=lambda: new_search_id("search"))
 
     @property
     def local_storage(self) -> Path | None:
@@ -74,6 +86,7 @@ class PreparedSearch:
     def record(self) -> dict:
         return {
             "name": self.name,
+            "search_id": self.search_id,
             "data": self.data,
             "storage": self.storage,
             "tracking_uri": self.tracking_uri,
@@ -106,6 +119,10 @@ def prepare_search(
     if not is_uri(storage):
         storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
     name = name or spec.name
+    if not NAME_PATTERN.fullmatch(name):
+        raise SearchError(
+            f"--name {name!r} is invalid: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
     experiment_name = spec.tracking.experiment or name
 
     tracking_uri = spec.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -133,6 +150,7 @@ def prepare_search(
     return PreparedSearch(
         spec=spec, spec_text=spec_text, data=data, storage=storage, name=name,
         tracking_uri=tracking_uri, experiment_name=experiment_name, cache_dir=cache_dir, address=address,
+        search_id=new_search_id(name),
     )
 
 
@@ -229,8 +247,8 @@ def write_search_record(prepared: PreparedSearch) -> None:
         return
     experiment_dir = directory / prepared.name
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    (experiment_dir / SPEC_COPY).write_text(prepared.spec_text)
-    (experiment_dir / SEARCH_RECORD).write_text(json.dumps(prepared.record(), indent=2))
+    atomic_write_bytes(experiment_dir / SPEC_COPY, prepared.spec_text.encode())
+    atomic_write_bytes(experiment_dir / SEARCH_RECORD, json.dumps(prepared.record(), indent=2).encode())
 
 
 def check_new_experiment(prepared: PreparedSearch) -> None:
@@ -250,8 +268,6 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    # The environment variables make trial workers log like the driver and keep Tune's own
-    # per-trial output quiet enough to read.
     ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
 
 
@@ -306,10 +322,11 @@ def run_search(prepared: PreparedSearch, resume: bool = False):
     tracker = MLflowTracker(
         tracking_uri=prepared.tracking_uri,
         experiment_name=prepared.experiment_name,
-        search_id=prepared.name,
+        search_id=prepared.search_id,
         spec_file=spec_file,
         max_epochs=prepared.spec.scheduler.max_epochs,
         image_every=prepared.spec.tracking.image_every,
+        metric=prepared.spec.metric,
         artifact_root=prepared.local_storage / "mlartifacts" if prepared.local_storage else None,
     )
 
@@ -336,7 +353,7 @@ def run_search(prepared: PreparedSearch, resume: bool = False):
         status = "FINISHED"
     else:
         status = "FAILED"
-    finish_search(store, prepared.name, table.to_csv(index=False), status=status)
+    finish_search(store, prepared.search_id, table.to_csv(index=False), status=status)
     return outcome
 
 

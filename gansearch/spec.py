@@ -23,6 +23,22 @@ SEARCHABLE = tuple(field.name for field in fields(GANConfig) if field.name != "a
 INTEGER_SETTINGS = {"batch_size", "z_dim", "g_width", "d_width", "n_disc", "seed"}
 
 
+def setting_problem(key: str, value: Any) -> str | None:
+    """Return why ``value`` is invalid for the GAN setting ``key``, or None when it is valid."""
+    if key in INTEGER_SETTINGS and not (isinstance(value, int) and not isinstance(value, bool)):
+        return f"{key}={value!r} is invalid: it must be a whole number"
+    if key == "amp" and not isinstance(value, str):
+        return f"amp={value!r} is invalid: it must be one of off, bf16, fp16"
+    if key not in INTEGER_SETTINGS and key != "amp":
+        if not _is_number(value) or not math.isfinite(value):
+            return f"{key}={value!r} is invalid: it must be a finite number"
+    try:
+        GANConfig(**{key: value})
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 class SpecError(ValueError):
     """An invalid search spec; the message names the file, the key and the value."""
 
@@ -37,8 +53,8 @@ def _is_number(value: Any) -> bool:
 
 class LogUniform(_Strict):
     type: Literal["loguniform"]
-    low: float = Field(gt=0, description="lower bound, above 0")
-    high: float = Field(gt=0, description="upper bound, above low")
+    low: float = Field(gt=0, allow_inf_nan=False, description="lower bound, above 0")
+    high: float = Field(gt=0, allow_inf_nan=False, description="upper bound, above low")
 
     @model_validator(mode="after")
     def _ordered(self) -> "LogUniform":
@@ -52,8 +68,8 @@ class LogUniform(_Strict):
 
 class Uniform(_Strict):
     type: Literal["uniform"]
-    low: float
-    high: float
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Uniform":
@@ -95,6 +111,13 @@ class Choice(_Strict):
 
     def contains(self, value: Any) -> bool:
         return value in self.values
+
+
+def domain_values(domain) -> list:
+    """Return the values a domain can reach at its edges: both bounds, or every choice."""
+    if isinstance(domain, Choice):
+        return list(domain.values)
+    return [domain.low, domain.high]
 
 
 Domain = Annotated[Union[LogUniform, Uniform, RandInt, Choice], Field(discriminator="type")]
@@ -167,7 +190,7 @@ class DivergenceSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment name")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment name: letters, digits, '.', '_', '-'")
     data: DataSpec = DataSpec()
     train: dict[str, Any] = Field(default_factory=dict, description="fixed GAN settings")
     search_space: dict[str, Domain] = Field(default_factory=dict)
@@ -186,13 +209,12 @@ class SearchSpec(_Strict):
     @classmethod
     def _train_keys(cls, train: dict[str, Any]) -> dict[str, Any]:
         known = {field.name for field in fields(GANConfig)}
-        for key in train:
+        for key, value in train.items():
             if key not in known:
                 raise ValueError(f"unknown setting {key!r}; valid settings: {', '.join(sorted(known))}")
-        try:
-            GANConfig(**train)
-        except (TypeError, ValueError) as error:
-            raise ValueError(str(error)) from None
+            problem = setting_problem(key, value)
+            if problem:
+                raise ValueError(problem)
         return train
 
     @field_validator("search_space")
@@ -203,6 +225,10 @@ class SearchSpec(_Strict):
                 raise ValueError(f"{key!r} is not searchable; searchable settings: {', '.join(SEARCHABLE)}")
             if key in INTEGER_SETTINGS and isinstance(domain, (Uniform, LogUniform)):
                 raise ValueError(f"{key!r} is an integer setting: use randint or choice, not {domain.type}")
+            for value in domain_values(domain):
+                problem = setting_problem(key, value)
+                if problem:
+                    raise ValueError(f"search_space.{key} reaches {problem}")
         return space
 
     @model_validator(mode="after")
@@ -223,6 +249,9 @@ class SearchSpec(_Strict):
                     f"it needs exactly the search_space keys {sorted(self.search_space)}"
                 )
             for key, value in point.items():
+                problem = setting_problem(key, value)
+                if problem:
+                    raise ValueError(f"searcher.points_to_evaluate[{index}]: {problem}")
                 if not self.search_space[key].contains(value):
                     raise ValueError(
                         f"searcher.points_to_evaluate[{index}].{key}={value!r} lies outside search_space.{key}"
@@ -269,6 +298,15 @@ class _SpecLoader(yaml.SafeLoader):
     pass
 
 
+# YAML 1.1 also reads yes, no, on and off as booleans, which turns `amp: off` into False; keep
+# only YAML 1.2's true and false.
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_PATTERN, list("-+0123456789."))
 
 
@@ -313,7 +351,11 @@ def _set_dotted(document: dict, dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     node = document
     for key in parents:
-        node = node.setdefault(key, {})
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            raise SpecError(f"cannot override {dotted}: {key} in the spec is {node!r}, not a mapping of settings")
     node[last] = value
 
 

@@ -128,6 +128,7 @@ class MLflowTracker(Callback):
         parent_tags: dict[str, str] | None = None,
         trial_role: str = "trial",
         trial_tags: dict[str, str] | None = None,
+        metric: str = "fid_proxy",
     ):
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -139,11 +140,13 @@ class MLflowTracker(Callback):
         self.parent_tags = parent_tags or {}
         self.trial_role = trial_role
         self.trial_tags = trial_tags or {}
+        self.metric = metric  # ranks checkpoints, as Tune's CheckpointConfig does
         self.store: MLflowStore | None = None
         self.parent_run_id: str | None = None
         self.run_ids: dict[str, str] = {}
         self.best: dict[str, float] = {}
         self.placed: set[str] = set()  # trials whose node and device are tagged
+        self.best_checkpoints: dict = {}  # trial id -> ray.tune.Checkpoint with the lowest metric
 
     # Tune calls setup once in the driver before any trial starts.
     def setup(self, **info) -> None:
@@ -172,7 +175,7 @@ class MLflowTracker(Callback):
             self.store.log_params(run_id, trial_params(trial.config))
         else:
             self.store.reopen(run_id)
-            best = self.store.client.get_run(run_id).data.metrics.get("best_fid_proxy")
+            best = self.store.client.get_run(run_id).data.metrics.get(f"best_{self.metric}")
             if best is not None:
                 self.best[trial.trial_id] = best
         self.run_ids[trial.trial_id] = run_id
@@ -191,6 +194,9 @@ class MLflowTracker(Callback):
         self.store.log_metrics(run_id, metrics, step)
         if result.get("diverged"):
             self.store.client.set_tag(run_id, TAG_END_REASON, str(result.get("end_reason", "")))
+        if trial.trial_id not in self.placed:
+            self._tag_placement(run_id, result)
+            self.placed.add(trial.trial_id)
 
     def _tag_placement(self, run_id: str, result: dict) -> None:
         """Tag where the trial ran: the Ray node and the torch device."""
@@ -201,13 +207,14 @@ class MLflowTracker(Callback):
         run_id = self._trial_run(trial)
         result = trial.last_result or {}
         epoch = int(result.get("epoch", 0))
-        fid = result.get("fid_proxy", math.inf)
+        value = result.get(self.metric, math.inf)
         if epoch and (epoch % self.image_every == 0 or epoch == 1 or epoch == self.max_epochs):
             self._log_samples(run_id, checkpoint, epoch)
-        if fid < self.best.get(trial.trial_id, math.inf):
-            self.best[trial.trial_id] = fid
+        if value < self.best.get(trial.trial_id, math.inf):
+            self.best[trial.trial_id] = value
+            self.best_checkpoints[trial.trial_id] = checkpoint
             self.store.client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint.path)
-            self.store.log_metrics(run_id, {"best_fid_proxy": fid, "best_epoch": epoch}, epoch)
+            self.store.log_metrics(run_id, {f"best_{self.metric}": value, "best_epoch": epoch}, epoch)
 
     def _log_samples(self, run_id: str, checkpoint, epoch: int) -> None:
         payload = _read_checkpoint_file(checkpoint, SAMPLES_FILE)
@@ -230,7 +237,7 @@ class MLflowTracker(Callback):
         if reason:
             self.store.client.set_tag(run_id, TAG_END_REASON, reason[:5000])
         if not errored:
-            self._log_best_generator(run_id)
+            self._log_best_generator(run_id, trial.trial_id)
         self.store.client.set_terminated(run_id, status="FAILED" if end in {"errored", "diverged"} else "FINISHED")
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -242,15 +249,20 @@ class MLflowTracker(Callback):
             self.store.client.set_tag(run_id, TAG_END, "interrupted")
             self.store.client.set_terminated(run_id, status="KILLED")
 
-    def _log_best_generator(self, run_id: str) -> None:
-        best_path = self.store.client.get_run(run_id).data.tags.get(TAG_BEST_CHECKPOINT)
-        if not best_path:
-            return
-        from ray.tune import Checkpoint
+    def _log_best_generator(self, run_id: str, trial_id: str) -> None:
+        checkpoint = self.best_checkpoints.get(trial_id)
+        if checkpoint is None:
+            # A restored search: the tag holds the path, which names a checkpoint on local or
+            # mounted storage. NOTE: for s3:// or gs:// storage the generator is then not logged.
+            best_path = self.store.client.get_run(run_id).data.tags.get(TAG_BEST_CHECKPOINT)
+            if not best_path or not Path(best_path).is_dir():
+                return
+            from ray.tune import Checkpoint
 
-        payload = _read_checkpoint_file(Checkpoint(best_path), GENERATOR_FILE)
+            checkpoint = Checkpoint(best_path)
+        payload = _read_checkpoint_file(checkpoint, GENERATOR_FILE)
         if payload is None:
-            logger.warning("best checkpoint %s has no %s to log", best_path, GENERATOR_FILE)
+            logger.warning("best checkpoint %s has no %s to log", checkpoint.path, GENERATOR_FILE)
             return
         with tempfile.TemporaryDirectory() as directory:
             target = Path(directory) / GENERATOR_FILE

@@ -118,9 +118,9 @@ def train_gan(config: dict) -> None:
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_checkpoint_state(Path(directory) / STATE_FILE, device)
+            state = load_checkpoint_state(Path(directory) / STATE_FILE)
     elif settings.init_checkpoint is not None:
-        state = load_checkpoint_state(Path(settings.init_checkpoint) / STATE_FILE, device)
+        state = load_checkpoint_state(Path(settings.init_checkpoint) / STATE_FILE)
     if state is not None:
         trainer.load_state_dict(state)
         monitor.saturated_epochs = int(state.get("saturated_epochs", 0))

@@ -82,10 +82,12 @@ class EpochStats:
     d_real: float  # mean D(x) on real batches
     d_fake: float  # mean D(G(z)) on fake batches, seen by D before its update
     images_per_s: float  # real images consumed per second
+    g_steps: int = 1  # G steps this epoch; 0 when n_disc exceeds the batches left, and g_loss is NaN
 
     @property
     def finite(self) -> bool:
-        return all(math.isfinite(value) for value in (self.d_loss, self.g_loss, self.d_real, self.d_fake))
+        values = [self.d_loss, self.d_real, self.d_fake] + ([self.g_loss] if self.g_steps else [])
+        return all(math.isfinite(value) for value in values)
 
 
 def fixed_noise(count: int, z_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -121,6 +123,7 @@ class GANTrainer:
         self.batches = DeviceBatches(train_images, config.batch_size, self.device, seed=config.seed)
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.epoch = 0
+        self.d_steps = 0  # D steps since the start; counts across epochs so n_disc spans epoch ends
 
         self.amp_dtype = self._amp_dtype(config.amp)
         use_scaler = self.amp_dtype == torch.float16
@@ -190,8 +193,9 @@ class GANTrainer:
             d_loss, d_real, d_fake = self.d_step(real)
             totals[:3] += torch.stack([d_loss, d_real, d_fake]).double()
             d_steps += 1
+            self.d_steps += 1
 
-            if d_steps % self.config.n_disc == 0:
+            if self.d_steps % self.config.n_disc == 0:
                 totals[3] += self.g_step().double()
                 g_steps += 1
                 if self.G_ema is not None:
@@ -206,6 +210,7 @@ class GANTrainer:
             d_fake=means[2] / max(d_steps, 1),
             g_loss=means[3] / g_steps if g_steps else math.nan,
             images_per_s=d_steps * self.config.batch_size / seconds,
+            g_steps=g_steps,
         )
 
     @torch.no_grad()
@@ -223,6 +228,7 @@ class GANTrainer:
         """Return everything needed to continue bit-exactly: weights, optimizers, RNG states, data order."""
         state = {
             "epoch": self.epoch,
+            "d_steps": self.d_steps,
             "config": self.config.to_dict(),
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
@@ -251,6 +257,7 @@ class GANTrainer:
         self.noise.set_state(state["noise_rng"])
         restore_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
+        self.d_steps = int(state.get("d_steps", 0))
 
 
 def capture_rng_state() -> dict:

@@ -40,9 +40,13 @@ def resolve_experiment(experiment: str | Path, storage: str | Path = "./results"
 def read_search_record(experiment_dir: Path) -> dict:
     path = Path(experiment_dir) / SEARCH_RECORD
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        int(record["spec"]["scheduler"]["max_epochs"])
     except (OSError, json.JSONDecodeError) as error:
         raise ExperimentNotFound(f"search record {str(path)!r} is unreadable: {error}") from error
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExperimentNotFound(f"search record {str(path)!r} is damaged or foreign: missing {error}") from error
+    return record
 
 
 def read_results(trial_dir: Path) -> list[dict]:
@@ -53,9 +57,12 @@ def read_results(trial_dir: Path) -> list[dict]:
     results = []
     for line in path.read_text().splitlines():
         try:
-            results.append(json.loads(line))
+            result = json.loads(line)
         except json.JSONDecodeError:
             logger.warning("skipping an incomplete line in %s", path)
+            continue
+        if isinstance(result, dict):
+            results.append(result)
     return results
 
 
@@ -80,7 +87,13 @@ def trial_row(trial_dir: Path, max_epochs: int, tune_status: str = "") -> dict |
     params_file = trial_dir / "params.json"
     if not params_file.is_file():
         return None
-    config = json.loads(params_file.read_text())
+    try:
+        config = json.loads(params_file.read_text())
+    except json.JSONDecodeError as error:
+        logger.warning("skipping trial folder %s: params.json is unreadable (%s)", trial_dir, error)
+        return None
+    if not isinstance(config, dict):
+        return None
     settings = config.pop(SETTINGS_KEY, {})
     max_epochs = int(settings.get("max_epochs", max_epochs))
     results = read_results(trial_dir)
@@ -88,7 +101,7 @@ def trial_row(trial_dir: Path, max_epochs: int, tune_status: str = "") -> dict |
     best = min(scored, key=lambda r: r["fid_proxy"], default=None)
     last = results[-1] if results else {}
 
-    status, reason = trial_status(trial_dir, last, max_epochs)
+    status, reason = trial_status(trial_dir, last, max_epochs, tune_status)
     if tune_status in UNFINISHED:
         status, reason = "unfinished", "the search stopped before this trial ended; continue it with 'gansearch run --resume'"
     row = {
@@ -105,13 +118,18 @@ def trial_row(trial_dir: Path, max_epochs: int, tune_status: str = "") -> dict |
     return row
 
 
-def trial_status(trial_dir: Path, last: dict, max_epochs: int) -> tuple[str, str]:
+def trial_status(trial_dir: Path, last: dict, max_epochs: int, tune_status: str = "") -> tuple[str, str]:
     from gansearch.tracking import trial_ending
 
     error_file = trial_dir / "error.txt"
-    if error_file.is_file() and not (last.get("epoch", 0) >= max_epochs):
-        lines = error_file.read_text().strip().splitlines()
-        return "errored", lines[-1] if lines else ""
+    # A trial retried after a worker died keeps its error.txt, so Tune's status decides when known.
+    if tune_status:
+        errored = tune_status == "ERROR"
+    else:
+        errored = error_file.is_file() and last.get("epoch", 0) < max_epochs
+    if errored:
+        lines = error_file.read_text().strip().splitlines() if error_file.is_file() else []
+        return "errored", lines[-1] if lines else "the trial raised an exception"
     return trial_ending(last, max_epochs, errored=False)
 
 
@@ -137,7 +155,8 @@ def trial_table(experiment_dir: str | Path) -> pd.DataFrame:
     for trial_dir, run in trial_dirs(experiment_dir):
         if trial_dir.parent not in statuses:
             statuses[trial_dir.parent] = tune_statuses(trial_dir.parent)
-        trial_id = trial_dir.name.rsplit("_", 1)[-1]
+        results = read_results(trial_dir)
+        trial_id = results[-1].get("trial_id") if results else trial_dir.name.rsplit("_", 1)[-1]
         row = trial_row(trial_dir, max_epochs, statuses[trial_dir.parent].get(trial_id, ""))
         if row is not None:
             rows.append({"run": run, **row})

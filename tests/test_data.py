@@ -176,3 +176,12 @@ def test_pixel_scaling_round_trip():
     scaled = to_signed_unit(pixels)
     assert scaled.min() == -1 and scaled.max() == 1
     assert torch.equal(to_uint8(scaled), pixels)
+
+
+def test_corrupt_xz_stream_is_rejected(image_folder, tmp_path):
+    archive = make_tar(image_folder, tmp_path / "data.tar.xz")
+    payload = bytearray(archive.read_bytes())
+    payload[len(payload) // 2 : len(payload) // 2 + 64] = b"\x00" * 64
+    archive.write_bytes(bytes(payload))
+    with pytest.raises(DataError, match="data.tar.xz' is unreadable"):
+        load_split(archive, "train", cache_dir=tmp_path / "cache")

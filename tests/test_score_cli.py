@@ -123,3 +123,9 @@ def test_sample_rejects_corrupt_checkpoint(tmp_path, capsys):
     assert main(["sample", str(bad), "--out", str(tmp_path / "g.png")]) == 2
     assert "generator.pt' is corrupt" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
+
+
+def test_score_rejects_unknown_device(image_folder, capsys):
+    code, _, err = score([str(image_folder / "test"), "--device", "bogus"], capsys)
+    assert code == 2
+    assert "--device 'bogus' is invalid" in err

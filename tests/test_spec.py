@@ -124,3 +124,37 @@ def test_run_rejects_missing_data_before_ray(tmp_path, capsys):
     assert main(["run", str(spec), "--data", str(tmp_path / "missing"), "--storage", str(tmp_path / "results")]) == 2
     assert "missing' does not exist" in capsys.readouterr().err
     assert not ray.is_initialized()
+
+
+def test_amp_off_is_a_string(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL + "train: {amp: off}\n"))
+    assert spec.train["amp"] == "off"
+
+
+def test_override_into_empty_section(tmp_path):
+    text = MINIMAL.replace("trials: {num_samples: 4}", "trials:\n  num_samples: 4\nmetrics:")
+    assert load_spec(write(tmp_path, text), {"metrics.n_samples": 100}).metrics.n_samples == 100
+
+
+def test_override_into_scalar_section(tmp_path):
+    text = MINIMAL.replace("scheduler: {type: asha, max_epochs: 10, grace_period: 2}", "scheduler: asha")
+    with pytest.raises(SpecError, match="cannot override scheduler.max_epochs"):
+        load_spec(write(tmp_path, text), {"scheduler.max_epochs": 3})
+
+
+@pytest.mark.parametrize("domain,message", [
+    ("beta1: {type: uniform, low: 0.0, high: 1.5}", r"search_space.beta1 reaches beta1=1.5 is invalid"),
+    ("batch_size: {type: randint, low: 1, high: 64}", r"search_space.batch_size reaches batch_size=1 is invalid"),
+    ("n_disc: {type: choice, values: [1, 2.5]}", r"n_disc=2.5 is invalid: it must be a whole number"),
+    ("lr_d: {type: uniform, low: 0.0001, high: .inf}", r"search_space.lr_d.high"),
+])
+def test_search_range_outside_setting_rules(tmp_path, domain, message):
+    text = MINIMAL.replace("scheduler:", f"  {domain}\nscheduler:")
+    text += "searcher: {start_from_defaults: false}\n"
+    with pytest.raises(SpecError, match=message):
+        load_spec(write(tmp_path, text))
+
+
+def test_fractional_batch_size_in_train(tmp_path):
+    with pytest.raises(SpecError, match="batch_size=64.5 is invalid: it must be a whole number"):
+        load_spec(write(tmp_path, MINIMAL + "train: {batch_size: 64.5}\n"))

@@ -219,3 +219,26 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     assert load_checkpoint_state(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_n_disc_spans_epoch_boundaries(images):
+    # 96 images in batches of 16 give 6 D steps an epoch; with n_disc=4 the G steps fall on
+    # D steps 4, 8 and 12, so the second epoch holds two of them.
+    trainer = GANTrainer(GANConfig(**SMALL, n_disc=4), images)
+    first, second = trainer.train_epoch(), trainer.train_epoch()
+    assert (first.g_steps, second.g_steps) == (1, 2)
+
+
+def test_epoch_without_g_step_is_finite(images):
+    trainer = GANTrainer(GANConfig(**SMALL, n_disc=10), images)
+    stats = trainer.train_epoch()
+    assert stats.g_steps == 0
+    assert math.isnan(stats.g_loss)
+    assert stats.finite
+
+
+def test_generator_file_with_missing_keys(tmp_path):
+    path = tmp_path / "generator.pt"
+    torch.save({"format": "gansearch-generator-v1", "G": {}}, path)
+    with pytest.raises(CheckpointError, match="generator.pt' is damaged or incomplete"):
+        load_generator(path)

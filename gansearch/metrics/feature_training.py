@@ -68,8 +68,17 @@ def train_feature_net(
     The record (``out`` with a ``.json`` suffix) holds the sha256, the test accuracy and the
     settings, so the shipped weights carry their own provenance.
     """
+    from gansearch.errors import UsageError
+
+    if config.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
     train = load_split(data, "train", subset=subset)
     test = load_split(data, "test")
+    if len(train) < config.batch_size:
+        raise UsageError(
+            f"the training split has {len(train)} images, fewer than one batch of {config.batch_size}; "
+            "use a larger data set or --subset"
+        )
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 

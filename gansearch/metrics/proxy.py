@@ -82,7 +82,11 @@ class FIDProxy:
             for start in range(0, self.n_samples, self.batch_size):
                 count = min(self.batch_size, self.n_samples - start)
                 z = torch.randn(count, z_dim, generator=noise).to(self.device)
-                images = to_uint8(generator(z).float())
+                output = generator(z).float()
+                if not torch.isfinite(output).all():
+                    # A diverged G; quantising would turn NaN into black pixels and a finite score.
+                    return ProxyScore(float("inf"), float("inf"), 0.0, self.n_samples)
+                images = to_uint8(output)
                 # Generated images are quantised to uint8 first, exactly as real JPEG-decoded images are.
                 chunks.append(self.network.features(to_signed_unit(images)).float().cpu())
         finally:
@@ -101,7 +105,7 @@ class FIDProxy:
         accumulator.update(features)
         stats = accumulator.finalize()
         if not (np.isfinite(stats.mean).all() and np.isfinite(stats.cov).all()):
-            # A generator that outputs NaN has diverged; infinity keeps the value comparable.
+            # Non-finite features: infinity keeps the value comparable and the worst.
             return ProxyScore(float("inf"), float("inf"), 0.0, len(features))
 
         fid = frechet_distance(stats, self.reference.stats)
