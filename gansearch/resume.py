@@ -14,7 +14,6 @@ import math
 import time
 from pathlib import Path
 
-from gansearch.checkpoint import STATE_FILE
 from gansearch.search import PreparedSearch, init_ray, is_uri
 from gansearch.spec import SpecError, validate_document
 from gansearch.trainable import SETTINGS_KEY, TrialSettings, train_gan
@@ -77,7 +76,8 @@ def list_checkpoints(trial_dir: Path) -> list[tuple[Path, int, float]]:
     found = []
     for folder in sorted(trial_dir.glob("checkpoint_*")):
         metrics_file = folder / "metrics.json"
-        if not (folder / STATE_FILE).is_file() or not metrics_file.is_file():
+        # Remote mirrors hold metrics.json only; Tune registers a checkpoint once all its files are up.
+        if not metrics_file.is_file():
             continue
         try:
             metrics = json.loads(metrics_file.read_text())
@@ -134,11 +134,16 @@ def resume_trial(
 
     experiment_dir = resolve_experiment(experiment, storage)
     prepared = prepared_from_record(experiment_dir, address)
-    if is_uri(prepared.storage):
-        raise ResumeError("resume reads checkpoints from a local or mounted folder; run it where the storage is mounted")
 
     row = choose_trial(trial_table(experiment_dir), trial_id)
     checkpoint_dir, checkpoint_epoch = choose_checkpoint(Path(row["trial_dir"]), which)
+    # With remote storage, experiment_dir is a local mirror of the small files: point the new run
+    # and its starting checkpoint at the remote experiment instead.
+    run_root = str(experiment_dir)
+    checkpoint_location = str(checkpoint_dir)
+    if is_uri(prepared.storage):
+        run_root = prepared.experiment_dir
+        checkpoint_location = f"{run_root}/{checkpoint_dir.relative_to(experiment_dir).as_posix()}"
     if epochs <= checkpoint_epoch:
         raise ResumeError(
             f"--epochs {epochs} is not above the checkpoint's epoch {checkpoint_epoch}; "
@@ -146,7 +151,7 @@ def resume_trial(
         )
 
     config = json.loads((Path(row["trial_dir"]) / "params.json").read_text())
-    settings = TrialSettings(**{**config[SETTINGS_KEY], "max_epochs": epochs, "init_checkpoint": str(checkpoint_dir)})
+    settings = TrialSettings(**{**config[SETTINGS_KEY], "max_epochs": epochs, "init_checkpoint": checkpoint_location})
     config[SETTINGS_KEY] = settings.to_dict()
 
     store = MLflowStore(prepared.tracking_uri, prepared.experiment_name)
@@ -176,7 +181,7 @@ def resume_trial(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(experiment_dir),
+            storage_path=run_root,
             callbacks=[tracker],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.checkpoints.keep_best,
@@ -190,6 +195,8 @@ def resume_trial(
     results = tuner.fit()
 
     # The tracker reopened the search's parent run to nest this run under it; close it again.
+    if is_uri(prepared.storage):
+        experiment_dir = resolve_experiment(prepared.experiment_dir)
     finish_search(store, prepared.search_id, trial_table(experiment_dir).to_csv(index=False))
     return results, experiment_dir / name
 

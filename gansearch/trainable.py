@@ -120,7 +120,9 @@ def train_gan(config: dict) -> None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint_state(Path(directory) / STATE_FILE)
     elif settings.init_checkpoint is not None:
-        state = load_checkpoint_state(Path(settings.init_checkpoint) / STATE_FILE)
+        # A local folder or a URI (s3://, gs://): ray.tune.Checkpoint reads both.
+        with ray.tune.Checkpoint(settings.init_checkpoint).as_directory() as directory:
+            state = load_checkpoint_state(Path(directory) / STATE_FILE)
     if state is not None:
         trainer.load_state_dict(state)
         monitor.saturated_epochs = int(state.get("saturated_epochs", 0))

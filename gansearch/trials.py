@@ -26,8 +26,52 @@ class ExperimentNotFound(FileNotFoundError):
     """A path that is not a gansearch experiment folder."""
 
 
+# The small files that describe trials; checkpoint weights are never copied.
+MIRRORED_NAMES = ("gansearch.json", "spec.yaml", "params.json", "result.json", "error.txt", "metrics.json")
+
+
+def mirror_experiment(uri: str, filesystem=None) -> Path:
+    """Copy the small files of a remote experiment (s3://, gs://) into a local folder and return it.
+
+    The mirror keeps the remote layout, so ``mirror / relative`` corresponds to ``uri / relative``.
+    """
+    import tempfile
+
+    import pyarrow.fs
+
+    if filesystem is None:
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    else:
+        root = uri
+    root = root.rstrip("/")
+    mirror = Path(tempfile.mkdtemp(prefix="gansearch-mirror-")) / Path(root).name
+    try:
+        infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    except (OSError, FileNotFoundError) as error:
+        raise ExperimentNotFound(f"cannot list experiment {uri!r}: {error}") from error
+
+    for info in infos:
+        name = info.path.rsplit("/", 1)[-1]
+        if info.type != pyarrow.fs.FileType.File:
+            continue
+        if name not in MIRRORED_NAMES and not (name.startswith("experiment_state-") and name.endswith(".json")):
+            continue
+        target = mirror / info.path[len(root) + 1 :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with filesystem.open_input_stream(info.path) as stream:
+            target.write_bytes(stream.read())
+    return mirror
+
+
 def resolve_experiment(experiment: str | Path, storage: str | Path = "./results") -> Path:
-    """Return the experiment folder for a path, or for a name under ``storage``."""
+    """Return the experiment folder for a path, or for a name under ``storage``.
+
+    A remote experiment (``s3://...``) is mirrored into a local folder first.
+    """
+    if "://" in str(experiment) and not str(experiment).startswith("file://"):
+        experiment = mirror_experiment(str(experiment))
+    elif "://" in str(storage) and not str(storage).startswith("file://"):
+        experiment = mirror_experiment(f"{str(storage).rstrip('/')}/{experiment}")
     for candidate in (Path(experiment), Path(storage) / str(experiment)):
         if (candidate / SEARCH_RECORD).is_file():
             return candidate.resolve()

@@ -224,3 +224,19 @@ def test_killed_worker_is_retried_from_checkpoint(ray_runtime, tmp_path, image_f
     assert len(pids) == 2, "the trial did not move to a new worker process"
     trial_runs = [r for r in outcome.store.client.search_runs([outcome.store.experiment_id]) if r.data.tags.get(TAG_ROLE) == "trial"]
     assert len(trial_runs) == 1
+
+
+def test_remote_experiment_mirror_matches(finished_search):
+    import pyarrow.fs
+
+    from gansearch.trials import mirror_experiment
+
+    prepared, _ = finished_search
+    mirror = mirror_experiment(prepared.experiment_dir, pyarrow.fs.LocalFileSystem())
+
+    local = trial_table(prepared.experiment_dir).set_index("trial_id")
+    mirrored = trial_table(mirror).set_index("trial_id")
+    assert sorted(mirrored.index) == sorted(local.index)
+    assert (mirrored["best_fid_proxy"] == local.loc[mirrored.index, "best_fid_proxy"]).all()
+    assert (mirrored["status"] == local.loc[mirrored.index, "status"]).all()
+    assert not list(mirror.rglob("*.pt"))
