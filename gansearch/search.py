@@ -176,8 +176,23 @@ def param_space(prepared: PreparedSearch) -> dict[str, Any]:
     return space
 
 
-def build_searcher(spec: SearchSpec):
-    """Return Optuna (TPE, or its random sampler for random search), limited to max_concurrent."""
+def trials_that_fit(spec: SearchSpec) -> int:
+    """Return how many trials the connected Ray cluster can run at once with the spec's resources."""
+    import ray
+
+    resources = ray.cluster_resources()
+    fits = [int(resources.get("CPU", 0) // spec.trials.cpus)]
+    if spec.trials.gpus > 0:
+        fits.append(int(resources.get("GPU", 0) // spec.trials.gpus))
+    return max(1, min(min(fits), spec.trials.num_samples))
+
+
+def build_searcher(spec: SearchSpec, max_concurrent: int):
+    """Return Optuna (TPE, or its random sampler for random search), limited to max_concurrent.
+
+    The limiter is always there: without one, Tune 2.60 keeps a single trial pending at a time for
+    custom searchers, and the trials of a search then run one after another.
+    """
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
@@ -188,9 +203,7 @@ def build_searcher(spec: SearchSpec):
     else:
         sampler = optuna.samplers.RandomSampler(seed=spec.searcher.seed)
     searcher = DivergenceAwareOptunaSearch(sampler=sampler, points_to_evaluate=spec.initial_points() or None)
-    if spec.trials.max_concurrent is not None:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.trials.max_concurrent)
-    return searcher
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
 def build_scheduler(spec: SearchSpec):
@@ -215,7 +228,7 @@ def build_tuner(prepared: PreparedSearch, callbacks: list):
     tune_config = tune.TuneConfig(
         metric=spec.metric,
         mode=spec.mode,
-        search_alg=build_searcher(spec),
+        search_alg=build_searcher(spec, spec.trials.max_concurrent or trials_that_fit(spec)),
         scheduler=build_scheduler(spec),
         num_samples=spec.trials.num_samples,
         trial_dirname_creator=trial_dirname,

@@ -160,7 +160,9 @@ class SchedulerSpec(_Strict):
 
 class TrialsSpec(_Strict):
     num_samples: int = Field(ge=1, description="trials in the search")
-    max_concurrent: int | None = Field(None, ge=1, description="trials running at once; as many as fit when null")
+    max_concurrent: int | None = Field(
+        None, ge=1, description="trials running at once; when null, as many as fit on the cluster when the search starts"
+    )
     cpus: float = Field(1.0, gt=0, description="CPUs per trial; also its torch thread count")
     gpus: float = Field(0.0, ge=0, description="GPU fraction per trial, for example 0.25 for four trials to a GPU")
     max_failures: int = Field(0, ge=-1, description="retries of a trial whose worker dies; -1 for no limit")

@@ -112,7 +112,7 @@ def mix_other(images: torch.Tensor, fraction: float, seed: int = 0) -> torch.Ten
 
 # Strengths from mild to severe; the first of each is the "weakest disturbance".
 DISTURBANCES: dict[str, tuple[Disturbance, tuple[float, ...]]] = {
-    "gaussian_noise": (gaussian_noise, (0.02, 0.05, 0.1, 0.2, 0.3)),
+    "gaussian_noise": (gaussian_noise, (0.05, 0.1, 0.2, 0.3, 0.4)),
     "gaussian_blur": (gaussian_blur, (0.5, 1.0, 1.5, 2.0, 3.0)),
     "black_rectangles": (black_rectangles, (0.1, 0.2, 0.3, 0.4, 0.5)),
     "swirl": (swirl, (1.0, 2.0, 3.0, 4.0, 6.0)),
