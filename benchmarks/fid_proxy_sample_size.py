@@ -19,6 +19,7 @@ from common import REPO, add_data_argument, machine, require_data
 from gansearch.checkpoint import load_generator
 from gansearch.data import load_split
 from gansearch.metrics.proxy import FIDProxy
+from gansearch.metrics.reference import sample_real_images
 from gansearch.training import GANConfig, GANTrainer
 
 SIZES = (500, 1000, 2000, 5000, 10000)
@@ -48,12 +49,12 @@ def main() -> None:
         z_dim, described = metadata["config"].z_dim, f"{args.checkpoint} (epoch {metadata['epoch']})"
     else:
         generator, z_dim, described = partly_trained_generator(data, args.epochs, device)
-    test = load_split(data, "test").images
 
     rows = []
     for n in SIZES:
         scorer = FIDProxy(data, split="train", n_samples=n, device=device)
-        real = scorer.score_images(test[:n])
+        # A seeded draw across all classes: the split itself is ordered by class.
+        real = scorer.score_images(sample_real_images(data, "test", n))
         fake = scorer.score_generator(generator, z_dim)
         rows.append((n, real, fake))
         print(f"N={n}: real {real.fid_proxy:.3f} / {real.kid_proxy:.5f}, generator {fake.fid_proxy:.3f} / {fake.kid_proxy:.5f}")
