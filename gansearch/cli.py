@@ -185,9 +185,13 @@ def command_resume(args: argparse.Namespace) -> int:
     results, run_dir = resume_trial(args.experiment, epochs=args.epochs, trial_id=args.trial, which=args.checkpoint,
                                     storage=args.storage, address=args.address or os.environ.get("RAY_ADDRESS"))
     table = trial_table(run_dir.parent)
-    _print_table(table[table["run"] == run_dir.name])
+    resumed = table[table["run"] == run_dir.name]
+    _print_table(resumed)
     print(f"\nResumed run: {run_dir}")
-    return 0 if results.num_errors == 0 else 1
+    failed = resumed["status"].isin(["diverged", "errored"]).any() if len(resumed) else True
+    if failed:
+        logger.error("the resumed run did not complete: %s", ", ".join(resumed["end_reason"].astype(str)) or "no result")
+    return 1 if failed or results.num_errors else 0
 
 
 def command_sample(args: argparse.Namespace) -> int:

@@ -146,7 +146,7 @@ def resume_trial(
         checkpoint_location = f"{run_root}/{checkpoint_dir.relative_to(experiment_dir).as_posix()}"
     if epochs <= checkpoint_epoch:
         raise ResumeError(
-            f"--epochs {epochs} is not above the checkpoint's epoch {checkpoint_epoch}; "
+            f"--epochs {epochs} is not above epoch {checkpoint_epoch} of trial {row['trial_id']}'s {which} checkpoint; "
             f"pass a larger --epochs to train further"
         )
 
@@ -169,7 +169,10 @@ def resume_trial(
     )
 
     name = f"{RESUME_PREFIX}{row['trial_id']}-e{checkpoint_epoch}-to{epochs}-{time.strftime('%Y%m%d-%H%M%S')}"
-    logger.info("resuming trial %s from %s (epoch %d) until epoch %d as %s", row["trial_id"], checkpoint_dir, checkpoint_epoch, epochs, name)
+    logger.info(
+        "resuming trial %s (best fid_proxy %.4g) from %s (epoch %d) until epoch %d as %s",
+        row["trial_id"], row["best_fid_proxy"], checkpoint_dir, checkpoint_epoch, epochs, name,
+    )
     spec = prepared.spec
     trainable = tune.with_resources(train_gan, {"cpu": spec.trials.cpus, "gpu": spec.trials.gpus})
     tuner = tune.Tuner(

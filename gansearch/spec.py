@@ -371,6 +371,8 @@ def format_validation_error(error: ValidationError, document: dict) -> str:
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key; check its spelling against the documented schema"
+        elif problem["type"] in {"union_tag_not_found", "union_tag_invalid"}:
+            message = "'type' is missing or unknown: use loguniform, uniform, randint or choice"
         elif problem["type"] == "missing":
             message = "required key is missing"
         value = _lookup(document, problem["loc"])

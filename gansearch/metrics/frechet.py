@@ -152,7 +152,8 @@ def kernel_inception_distance(
     """Return the mean and standard deviation of the unbiased MMD^2 over random subsets.
 
     Each subset draws ``subset_size`` rows without replacement from each feature set; when a set is
-    smaller than that, the whole set is used. The kernels are computed in float64 on ``device``
+    smaller than that, the whole set is used. When both sets are that small, the standard deviation
+    is 0 and says nothing about the estimate's noise. The kernels are computed in float64 on ``device``
     (default: the device of ``features1``), because on a GPU this is the costliest step on the CPU.
     """
     x = _as_float64(features1, torch.device(device) if device is not None else None)
@@ -165,6 +166,9 @@ def kernel_inception_distance(
     if subsets < 1:
         raise MetricError(f"KID needs at least 1 subset, got {subsets}")
 
+    if size == len(x) and size == len(y):
+        # Every subset would be both whole sets, so one computation gives the same mean.
+        subsets = 1
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)
     for index in range(subsets):
