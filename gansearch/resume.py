@@ -107,7 +107,7 @@ def choose_trial(table, trial_id: str | None) -> dict:
 def choose_checkpoint(trial_dir: Path, which: str) -> tuple[Path, int]:
     checkpoints = list_checkpoints(trial_dir)
     if not checkpoints:
-        raise ResumeError(f"trial folder {str(trial_dir)!r} holds no complete checkpoint")
+        raise ResumeError(f"trial folder {str(trial_dir)!r} contains no complete checkpoint")
     if which == "best":
         folder, epoch, _ = min(checkpoints, key=lambda item: (item[2], -item[1]))
     else:

@@ -91,7 +91,7 @@ def test_trials_lists_resumed_run(finished_search, resumed):
 def test_resume_rejects_epochs_at_checkpoint(finished_search):
     prepared, outcome = finished_search
     trial_id = outcome.table.iloc[0]["trial_id"]
-    with pytest.raises(ResumeError, match=r"--epochs 2 is not above the checkpoint's epoch 2"):
+    with pytest.raises(ResumeError, match=r"--epochs 2 is not above epoch 2 of trial .*'s last checkpoint"):
         resume_trial(prepared.experiment_dir, epochs=2, trial_id=trial_id, which="last")
 
 
