@@ -113,7 +113,10 @@ def _print_table(table, columns: list[str] | None = None) -> None:
         console.print("no trials yet")
         return
     view = Table(show_lines=False)
+    # end_reason is the longest text, so it goes last, where rich can wrap it.
     shown = [column for column in (columns or table.columns) if column not in {"trial_dir", "end_reason"}]
+    if "end_reason" in table.columns:
+        shown.append("end_reason")
     for column in shown:
         view.add_column(column, justify="right" if table[column].dtype.kind in "if" else "left")
     for _, row in table.iterrows():
@@ -129,9 +132,10 @@ def _format_cell(value) -> str:
 
 
 def command_trials(args: argparse.Namespace) -> int:
-    from gansearch.trials import resolve_experiment, trial_table
+    from gansearch.trials import COLUMNS, read_search_record, resolve_experiment, trial_table
 
-    table = trial_table(resolve_experiment(args.experiment, args.storage))
+    experiment_dir = resolve_experiment(args.experiment, args.storage)
+    table = trial_table(experiment_dir)
     if args.format == "csv":
         text = table.to_csv(index=False)
         if args.out:
@@ -142,8 +146,11 @@ def command_trials(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
     elif args.format == "json":
         sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
-    else:
+    elif args.all_columns:
         _print_table(table)
+    else:
+        searched = list(read_search_record(experiment_dir)["spec"].get("search_space", {}))
+        _print_table(table, list(COLUMNS) + searched)
     return 0
 
 
@@ -231,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     trials.add_argument("--storage", default="./results", help="results folder for a bare name (default: ./results)")
     trials.add_argument("--format", choices=["table", "csv", "json"], default="table")
     trials.add_argument("--out", help="write CSV to this file instead of standard output")
+    trials.add_argument("--all-columns", action="store_true", help="show every GAN setting in the table, not only the searched ones")
     trials.set_defaults(handler=command_trials)
 
     resume = commands.add_parser("resume", help="train the best trial (or --trial) of a search for more epochs")
