@@ -54,6 +54,16 @@ def child_runs(store: MLflowStore):
     return parents, children
 
 
+def optuna_states(experiment_dir: Path) -> list[str]:
+    """Return the state of every trial in the Optuna study that Tune saved with the search."""
+    import ray.cloudpickle
+
+    state_file = max(experiment_dir.glob("searcher-state-*.pkl"))
+    with open(state_file, "rb") as handle:
+        searcher_state = ray.cloudpickle.load(handle)
+    return [trial.state.name for trial in searcher_state["_ot_study"].trials]
+
+
 @pytest.fixture(scope="module")
 def asha_search(ray_runtime, tmp_path_factory, image_folder, random_feature_weights):
     tmp_path = tmp_path_factory.mktemp("asha")
@@ -178,6 +188,9 @@ def test_diverged_and_errored_trials_do_not_stop_search(ray_runtime, tmp_path, i
     assert by_status["diverged"]["end_reason"] == "non-finite loss"
     assert "batch_size 4096 is larger than the 72 training images" in by_status["errored"]["end_reason"]
     assert table.iloc[0]["status"] == "completed"
+
+    states = optuna_states(Path(prepared.experiment_dir))
+    assert sorted(states) == ["COMPLETE", "FAIL", "FAIL"]
 
     _, children = child_runs(store)
     ends = {run.data.tags[TAG_END]: run for run in children}
