@@ -398,5 +398,9 @@ def restore_tuner(prepared: PreparedSearch):
 
     spec = prepared.spec
     trainable = tune.with_resources(train_gan, {"cpu": spec.trials.cpus, "gpu": spec.trials.gpus})
+    if prepared.local_storage is not None:
+        from gansearch.restore_repair import repair_checkpoint_references
+
+        repair_checkpoint_references(Path(prepared.experiment_dir))
     # Errored trials stay errored: their error is usually in the config, and rerunning would repeat it.
     return tune.Tuner.restore(prepared.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)

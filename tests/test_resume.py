@@ -240,3 +240,36 @@ def test_remote_experiment_mirror_matches(finished_search):
     assert (mirrored["best_fid_proxy"] == local.loc[mirrored.index, "best_fid_proxy"]).all()
     assert (mirrored["status"] == local.loc[mirrored.index, "status"]).all()
     assert not list(mirror.rglob("*.pt"))
+
+
+def test_restore_skips_deleted_checkpoint(ray_runtime, tmp_path, image_folder, random_feature_weights):
+    """A SIGKILL can leave Tune's saved state naming a checkpoint that retention already deleted."""
+    import shutil
+
+    from gansearch.resume import prepare_resumed_search
+
+    spec = spec_dict(random_feature_weights, num_samples=1)
+    spec["scheduler"]["max_epochs"] = 4
+    spec["checkpoints"] = {"keep_best": 2}
+    prepared = prepare_search(validate_document(spec, "test"), yaml.safe_dump(spec), data=str(image_folder), storage=str(tmp_path))
+    run_search(prepared)
+    experiment = Path(prepared.experiment_dir)
+    trial_dir = next(experiment.glob("train_gan_*"))
+
+    # Make the saved state look as it would after a SIGKILL mid-trial: the trial still running, and
+    # the checkpoint the state names as latest gone from storage.
+    state_file = max(experiment.glob("experiment_state-*.json"))
+    document = json.loads(state_file.read_text())
+    trial = json.loads(document["trial_data"][0][0])
+    trial["status"] = "RUNNING"
+    document["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(document))
+    newest = sorted(trial_dir.glob("checkpoint_*"))[-1]
+    shutil.rmtree(newest)
+    remaining = sorted(trial_dir.glob("checkpoint_*"))
+    assert remaining, "retention left no older checkpoint to continue from"
+
+    outcome = run_search(prepare_resumed_search(str(experiment)), resume=True)
+
+    assert outcome.table.iloc[0]["status"] == "completed"
+    assert read_epochs(trial_dir)[-1] == 4
