@@ -1,8 +1,8 @@
 """What one fid_proxy evaluation costs next to one training epoch of the default DCGAN.
 
-Times, in one run, one epoch of the full-width DCGAN (the paper's defaults) over the CIFAR-10
-training split and one evaluation (sampling N images, features, Fréchet distance and KID) at the
-default N for the device, and prints their ratio. The goal is at most 5% of an epoch.
+Times, in one run, one epoch of the full-width DCGAN (the defaults of Radford et al., 2016) over
+the CIFAR-10 training split and one evaluation at the default N for the device. An evaluation is
+sampling N images, their features, the Fréchet distance and KID. It prints the ratio of the two. The goal is at most 5% of an epoch.
 
     python benchmarks/fid_proxy_cost.py [--data PATH] [--n N] [--images K]
 """

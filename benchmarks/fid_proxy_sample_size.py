@@ -1,4 +1,4 @@
-"""How fid_proxy and kid_proxy depend on the sample count N.
+"""Dependence of fid_proxy and kid_proxy on the sample count N.
 
 For N = 500, 1,000, 2,000, 5,000 and 10,000 it scores (a) N real CIFAR-10 test images and (b) N
 images from a partly trained generator, each against N training images. Fréchet distances between

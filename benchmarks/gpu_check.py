@@ -1,6 +1,6 @@
 """A short GPU check: device placement, mixed precision and four trials sharing one GPU.
 
-Needs a CUDA GPU; on a machine without one it says so and exits 0. It prints, side by side in one
+Needs a CUDA GPU. On a machine without one it prints a message and exits 0. It prints, side by side in one
 run: images/s of the default DCGAN with amp off, bf16 and fp16; the cost of one fid_proxy
 evaluation at N=5000 next to one epoch; and a 4-trial search with 0.25 GPU per trial, checking
 that all four trials ran on the GPU at the same time and reporting their peak GPU memory.

@@ -3,7 +3,7 @@
 A data source is either ``"cifar10"`` (torchvision's download, checksums verified by torchvision)
 or an image-folder tree with ``train/<class>/`` and ``test/<class>/``, given as a folder or as a
 ``.tar.xz``, ``.tar.gz``, ``.tgz``, ``.tar`` or ``.zip`` archive. Each split is decoded once into a
-``.npz`` cache of uint8 images in NCHW order; later runs and trials that start at the same moment
+``.npz`` cache of uint8 images in NCHW order. Later runs, and trials that start at the same moment,
 reuse it under a file lock.
 """
 
@@ -161,7 +161,7 @@ def _read_cache(cache_file: Path) -> ImageSet | None:
         return None
 
     if images.dtype != np.uint8 or images.shape[1:] != (CHANNELS, IMAGE_SIZE, IMAGE_SIZE):
-        logger.warning("data cache %s holds images of shape %s; decoding again", cache_file, images.shape)
+        logger.warning("data cache %s contains images of shape %s; decoding again", cache_file, images.shape)
         return None
     if len(images) != len(labels) or len(images) == 0:
         logger.warning("data cache %s is inconsistent; decoding again", cache_file)
@@ -293,7 +293,7 @@ class DeviceBatches:
 
     The whole split lives on the trial's device, so no DataLoader worker processes are needed. The
     order of each epoch comes from a dedicated generator seeded by ``seed``, whose state travels with
-    checkpoints so that a resumed run sees the same batches.
+    checkpoints so that a resumed run gets the same batches.
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device, seed: int):

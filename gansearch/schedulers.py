@@ -16,7 +16,7 @@ def is_diverged(result: dict | None) -> bool:
 
 
 class DivergenceAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a diverged trial FAILED instead of passing its metric."""
+    """OptunaSearch that records a diverged trial in Optuna as FAILED instead of passing its metric."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not is_diverged(result):

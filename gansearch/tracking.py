@@ -125,7 +125,6 @@ class MLflowTracker(Callback):
         max_epochs: int,
         image_every: int = 1,
         artifact_root: Path | None = None,
-        parent_tags: dict[str, str] | None = None,
         trial_role: str = "trial",
         trial_tags: dict[str, str] | None = None,
         metric: str = "fid_proxy",
@@ -137,7 +136,6 @@ class MLflowTracker(Callback):
         self.max_epochs = max_epochs
         self.image_every = image_every
         self.artifact_root = artifact_root
-        self.parent_tags = parent_tags or {}
         self.trial_role = trial_role
         self.trial_tags = trial_tags or {}
         self.metric = metric  # ranks checkpoints, as Tune's CheckpointConfig does
@@ -153,7 +151,7 @@ class MLflowTracker(Callback):
         self.store = MLflowStore(self.tracking_uri, self.experiment_name, self.artifact_root)
         self.parent_run_id = self.store.find_run(**{TAG_SEARCH_ID: self.search_id, TAG_ROLE: "search"})
         if self.parent_run_id is None:
-            tags = {TAG_SEARCH_ID: self.search_id, TAG_ROLE: "search", **self.parent_tags}
+            tags = {TAG_SEARCH_ID: self.search_id, TAG_ROLE: "search"}
             self.parent_run_id = self.store.start_run(self.search_id, tags)
             if self.spec_file is not None and Path(self.spec_file).is_file():
                 self.store.client.log_artifact(self.parent_run_id, str(self.spec_file), "spec")
@@ -252,7 +250,7 @@ class MLflowTracker(Callback):
     def _log_best_generator(self, run_id: str, trial_id: str) -> None:
         checkpoint = self.best_checkpoints.get(trial_id)
         if checkpoint is None:
-            # A restored search: the tag holds the path, which names a checkpoint on local or
+            # A restored search: the tag contains the path, which names a checkpoint on local or
             # mounted storage. NOTE: for s3:// or gs:// storage the generator is then not logged.
             best_path = self.store.client.get_run(run_id).data.tags.get(TAG_BEST_CHECKPOINT)
             if not best_path or not Path(best_path).is_dir():

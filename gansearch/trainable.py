@@ -148,8 +148,8 @@ def build_trial(gan_config: GANConfig, settings: TrialSettings, device: torch.de
 def run_epochs(trainer: GANTrainer, scorer: FIDProxy, monitor: DivergenceMonitor, settings: TrialSettings, report) -> None:
     """Train until ``max_epochs``, calling ``report(metrics, checkpoint=...)`` after every epoch.
 
-    A diverged epoch is reported with ``diverged=1`` and an infinite metric and no checkpoint, and
-    then the trial ends; the search's searcher and scheduler discard such results.
+    A diverged epoch is reported with ``diverged=1``, an infinite metric and no checkpoint, and then
+    the trial ends. The search's searcher and scheduler discard such results.
     """
     from ray.tune import Checkpoint
 

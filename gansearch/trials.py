@@ -1,6 +1,6 @@
 """The trial table of a finished or running search, read from its experiment folder.
 
-Each Tune trial folder holds ``params.json`` (the trial config), ``result.json`` (one JSON line per
+Each Tune trial folder contains ``params.json`` (the trial config), ``result.json`` (one JSON line per
 reported epoch) and, for a trial that raised, ``error.txt``. The table needs neither Ray nor MLflow.
 """
 
@@ -127,7 +127,8 @@ def tune_statuses(run_dir: Path) -> dict[str, str]:
 UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
 
 
-def trial_row(trial_dir: Path, max_epochs: int, tune_status: str = "") -> dict | None:
+def trial_row(trial_dir: Path, max_epochs: int, statuses: dict[str, str] | None = None) -> dict | None:
+    """Return one table row for a trial folder; ``statuses`` maps trial ids to Tune's statuses."""
     params_file = trial_dir / "params.json"
     if not params_file.is_file():
         return None
@@ -144,6 +145,8 @@ def trial_row(trial_dir: Path, max_epochs: int, tune_status: str = "") -> dict |
     scored = [r for r in results if not r.get("diverged") and math.isfinite(r.get("fid_proxy", math.inf))]
     best = min(scored, key=lambda r: r["fid_proxy"], default=None)
     last = results[-1] if results else {}
+    trial_id = last.get("trial_id") or trial_dir.name.rsplit("_", 1)[-1]
+    tune_status = (statuses or {}).get(trial_id, "")
 
     status, reason = trial_status(trial_dir, last, max_epochs, tune_status)
     if tune_status in UNFINISHED:
@@ -199,9 +202,7 @@ def trial_table(experiment_dir: str | Path) -> pd.DataFrame:
     for trial_dir, run in trial_dirs(experiment_dir):
         if trial_dir.parent not in statuses:
             statuses[trial_dir.parent] = tune_statuses(trial_dir.parent)
-        results = read_results(trial_dir)
-        trial_id = results[-1].get("trial_id") if results else trial_dir.name.rsplit("_", 1)[-1]
-        row = trial_row(trial_dir, max_epochs, statuses[trial_dir.parent].get(trial_id, ""))
+        row = trial_row(trial_dir, max_epochs, statuses[trial_dir.parent])
         if row is not None:
             rows.append({"run": run, **row})
     if not rows:

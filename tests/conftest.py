@@ -64,6 +64,24 @@ def ray_runtime(request):
     ray.shutdown()
 
 
+def trial_results(experiment_dir: Path) -> dict[Path, list[dict]]:
+    """Return every trial folder's reported results, in the order Tune wrote them."""
+    import json
+
+    return {
+        result_file.parent: [json.loads(line) for line in result_file.read_text().splitlines()]
+        for result_file in Path(experiment_dir).glob("train_gan_*/result.json")
+    }
+
+
+def trial_spans(experiment_dir: Path) -> list[tuple[float, float]]:
+    """Return (start of the first epoch, time of the last result) of each trial, in seconds."""
+    return [
+        (lines[0]["timestamp"] - lines[0]["time_this_iter_s"], lines[-1]["timestamp"])
+        for lines in trial_results(experiment_dir).values()
+    ]
+
+
 requires_cifar_archive = pytest.mark.skipif(
     not SHARED_ARCHIVE.is_file(), reason=f"CIFAR-10 archive not found at {SHARED_ARCHIVE}"
 )

@@ -174,7 +174,8 @@ def test_batch_larger_than_data_is_rejected():
 def test_pixel_scaling_round_trip():
     pixels = torch.arange(256, dtype=torch.uint8)
     scaled = to_signed_unit(pixels)
-    assert scaled.min() == -1 and scaled.max() == 1
+    assert scaled.min() == -1
+    assert scaled.max() == 1
     assert torch.equal(to_uint8(scaled), pixels)
 
 

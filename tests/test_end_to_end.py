@@ -21,7 +21,8 @@ def test_smoke_search_on_cifar10(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "mlflow ui --backend-store-uri sqlite:///" in run.stdout
-    assert "#/experiments/" in run.stdout and "workflowType=machine_learning" in run.stdout
+    assert "#/experiments/" in run.stdout
+    assert "workflowType=machine_learning" in run.stdout
 
     listing = subprocess.run(
         [sys.executable, "-m", "gansearch.cli", "trials", str(tmp_path / "smoke"), "--format", "csv"],

@@ -127,7 +127,7 @@ def test_mmd2_matches_loop_reference():
     assert mmd2_unbiased(x, y) == pytest.approx(reference_mmd2(x, y), rel=1e-10)
 
 
-def test_kid_near_zero_for_same_distribution_and_positive_for_shift():
+def test_kid_same_versus_shifted():
     rng = np.random.default_rng(5)
     x, y = rng.normal(size=(600, 8)), rng.normal(size=(600, 8))
     shifted = rng.normal(loc=1.0, size=(600, 8))

@@ -1,15 +1,14 @@
 """Fractional GPUs: with 0.5 GPU per trial and 2 logical GPUs, four trials run at once.
 
-Ray accepts num_gpus on a machine without CUDA, so the packing is Ray's real scheduling; each
+Ray accepts num_gpus on a machine without CUDA, so the packing is Ray's real scheduling. Each
 trial then falls back to the CPU with one warning and records its device.
 """
 
-import json
-from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import trial_results, trial_spans
 from gansearch.search import prepare_search, run_search
 from gansearch.spec import validate_document
 from gansearch.tracking import TAG_ROLE
@@ -30,11 +29,9 @@ def test_four_trials_share_two_gpus(ray_runtime, tmp_path, image_folder, random_
     prepared = prepare_search(validate_document(spec, "test"), yaml.safe_dump(spec), data=str(image_folder), storage=str(tmp_path))
     outcome = run_search(prepared)
 
-    spans = []
-    for result_file in Path(prepared.experiment_dir).glob("train_gan_*/result.json"):
-        lines = [json.loads(line) for line in result_file.read_text().splitlines()]
-        spans.append((lines[0]["timestamp"] - lines[0]["time_this_iter_s"], lines[-1]["timestamp"]))
+    for lines in trial_results(prepared.experiment_dir).values():
         assert {line["device"] for line in lines} == {"cpu"}
+    spans = trial_spans(prepared.experiment_dir)
     assert len(spans) == 4
     latest_start = max(start for start, _ in spans)
     earliest_end = min(end for _, end in spans)

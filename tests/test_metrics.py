@@ -1,7 +1,6 @@
 """The FID-proxy scorer: cached real statistics, the generator API, weights checks, standard FID."""
 
 import multiprocessing
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import trial_spans
 from gansearch.cli import main
 from gansearch.search import prepare_search, run_search
 from gansearch.spec import validate_document
@@ -127,11 +128,7 @@ def test_first_trial_is_dcgan_default(asha_search):
 
 def test_trials_ran_concurrently(asha_search):
     prepared, results, store = asha_search
-    spans = []
-    for result_file in Path(prepared.experiment_dir).glob("train_gan_*/result.json"):
-        lines = [json.loads(line) for line in result_file.read_text().splitlines()]
-        start = lines[0]["timestamp"] - lines[0]["time_this_iter_s"]
-        spans.append((start, lines[-1]["timestamp"]))
+    spans = trial_spans(prepared.experiment_dir)
 
     overlaps = [a for a, b in itertools.combinations(spans, 2) if a[0] < b[1] and b[0] < a[1]]
     assert overlaps, f"no two trials overlapped in time: {sorted(spans)}"

@@ -24,7 +24,8 @@ def test_generator_maps_noise_to_images():
     G = Generator(z_dim=100, width=8)
     out = G(torch.randn(5, 100))
     assert out.shape == (5, 3, 32, 32)
-    assert out.min() >= -1 and out.max() <= 1
+    assert out.min() >= -1
+    assert out.max() <= 1
     assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in G.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in G.modules())
 
@@ -55,7 +56,8 @@ def test_epoch_reports_finite_means(images):
 
     assert trainer.epoch == 1
     assert stats.finite
-    assert 0 < stats.d_real < 1 and 0 < stats.d_fake < 1
+    assert 0 < stats.d_real < 1
+    assert 0 < stats.d_fake < 1
     assert stats.images_per_s > 0
 
 
@@ -181,7 +183,8 @@ def test_generator_file_round_trip(images, tmp_path):
 
     G, metadata = load_generator(tmp_path / "generator.pt")
     z = fixed_noise(4, SMALL["z_dim"])
-    assert metadata["ema"] is True and metadata["epoch"] == 1
+    assert metadata["ema"] is True
+    assert metadata["epoch"] == 1
     torch.testing.assert_close(G(z), trainer.generate(z))
 
 
@@ -223,7 +226,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_n_disc_spans_epoch_boundaries(images):
     # 96 images in batches of 16 give 6 D steps an epoch; with n_disc=4 the G steps fall on
-    # D steps 4, 8 and 12, so the second epoch holds two of them.
+    # D steps 4, 8 and 12, so the second epoch contains two of them.
     trainer = GANTrainer(GANConfig(**SMALL, n_disc=4), images)
     first, second = trainer.train_epoch(), trainer.train_epoch()
     assert (first.g_steps, second.g_steps) == (1, 2)

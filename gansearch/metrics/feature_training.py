@@ -65,7 +65,7 @@ def train_feature_net(
 ) -> dict:
     """Train the feature network, write its weights atomically to ``out`` and return the record.
 
-    The record (``out`` with a ``.json`` suffix) holds the sha256, the test accuracy and the
+    The record (``out`` with a ``.json`` suffix) contains the sha256, the test accuracy and the
     settings, so the shipped weights carry their own provenance.
     """
     from gansearch.errors import UsageError

@@ -153,7 +153,7 @@ def kernel_inception_distance(
 
     Each subset draws ``subset_size`` rows without replacement from each feature set; when a set is
     smaller than that, the whole set is used. When both sets are that small, the standard deviation
-    is 0 and says nothing about the estimate's noise. The kernels are computed in float64 on ``device``
+    is 0 and does not measure the estimate's noise. The kernels are computed in float64 on ``device``
     (default: the device of ``features1``), because on a GPU this is the costliest step on the CPU.
     """
     x = _as_float64(features1, torch.device(device) if device is not None else None)
