@@ -184,5 +184,7 @@ def test_corrupt_xz_stream_is_rejected(image_folder, tmp_path):
     payload = bytearray(archive.read_bytes())
     payload[len(payload) // 2 : len(payload) // 2 + 64] = b"\x00" * 64
     archive.write_bytes(bytes(payload))
-    with pytest.raises(DataError, match="data.tar.xz' is unreadable"):
+    # Depending on where the damage lands, xz reports it or a damaged image fails to decode first;
+    # either way the error names the archive.
+    with pytest.raises(DataError, match=r"data\.tar\.xz.* unreadable"):
         load_split(archive, "train", cache_dir=tmp_path / "cache")
